@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# One command that prepares a fresh Debian machine and runs every check:
+#   bash scripts/test.sh [extra pytest args]
+# It installs the real mail servers the integration tests talk to (when missing),
+# builds .venv with the package and its test tools, then runs ruff, mypy, the
+# Sphinx build (warnings are errors) and pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_pkgs=()
+command -v smtp-sink >/dev/null 2>&1 || [ -x /usr/sbin/smtp-sink ] || need_pkgs+=(postfix)
+[ -x /usr/sbin/dovecot ] || need_pkgs+=(dovecot-core)
+[ -e /usr/lib/dovecot/lmtp ] || need_pkgs+=(dovecot-lmtpd)
+command -v maildrop >/dev/null 2>&1 || need_pkgs+=(maildrop)
+command -v openssl >/dev/null 2>&1 || need_pkgs+=(openssl)
+if [ ${#need_pkgs[@]} -gt 0 ]; then
+    echo "== installing Debian packages: ${need_pkgs[*]}"
+    SUDO=""
+    [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    echo "postfix postfix/main_mailer_type select No configuration" | $SUDO debconf-set-selections
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_pkgs[@]}" >/dev/null
+fi
+
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+    echo "== creating .venv"
+    "$PY" -m venv .venv
+fi
+echo "== installing slimta-relay and test tools into .venv"
+.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test,dev]'
+
+echo "== ruff"
+.venv/bin/ruff check slimta test bench
+echo "== mypy"
+.venv/bin/mypy
+echo "== sphinx"
+.venv/bin/sphinx-build -q -W -n -b html doc doc/_build/html
+echo "== pytest"
+export PATH="$PWD/.venv/bin:$PATH:/usr/sbin:/usr/lib/dovecot"
+exec .venv/bin/python -m pytest "$@"

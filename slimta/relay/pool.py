@@ -1,0 +1,149 @@
+"""A pool of worker greenlets that deliver queued envelopes.
+
+:class:`RelayPool` knows nothing about protocols: it keeps a queue of
+``(AsyncResult, Envelope)`` requests and a set of :class:`RelayPoolClient`
+greenlets that take requests from it. A subclass supplies the clients through
+:meth:`RelayPool.add_client`.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import gevent
+from gevent.event import AsyncResult
+
+from slimta.relay import Relay, RelayResult, TransientRelayError
+from slimta.smtp.reply import Reply
+from slimta.util.deque import BlockingDeque
+
+if TYPE_CHECKING:
+    from slimta.envelope import Envelope
+
+__all__ = ["RelayPool", "RelayPoolClient"]
+
+Request = tuple[AsyncResult, "Envelope"]
+
+
+def _shutdown_error() -> TransientRelayError:
+    return TransientRelayError("Relay shut down", Reply("451", "4.3.0 Relay shut down"))
+
+
+def _client_lost_error() -> TransientRelayError:
+    msg = "Relay client exited unexpectedly"
+    return TransientRelayError(msg, Reply("451", "4.3.0 " + msg))
+
+
+class RelayPool(Relay):
+    """A relay that hands envelopes to a bounded set of client greenlets.
+
+    :param pool_size: the most clients alive at once; ``None`` means no limit.
+    """
+
+    def __init__(self, pool_size: int | None = None) -> None:
+        super().__init__()
+        self.pool: set[RelayPoolClient] = set()
+        self.pool_size = pool_size
+        self.queue: BlockingDeque = BlockingDeque()
+
+    def add_client(self) -> RelayPoolClient:
+        """Return a new, unstarted client. Subclasses must override this."""
+        raise NotImplementedError()
+
+    def _start_client(self) -> None:
+        client = self.add_client()
+        client.queue = self.queue
+        client.link(self._client_exited)
+        self.pool.add(client)
+        client.start()
+
+    def _client_exited(self, client: Any) -> None:
+        self.pool.discard(client)
+        client._fail_pending(_client_lost_error)
+        if self.queue:
+            self._check_idle()
+
+    def _check_idle(self) -> None:
+        if self.pool_size is not None and len(self.pool) >= self.pool_size:
+            return
+        idle = sum(1 for client in self.pool if client.idle)
+        if len(self.queue) > idle:
+            self._start_client()
+
+    def attempt(self, envelope: Envelope, attempts: int) -> RelayResult:
+        """Queue ``envelope`` for the next free client and wait for its result.
+
+        A client is started when queued requests outnumber idle clients and the
+        pool is below :attr:`pool_size`; otherwise the request waits its turn.
+        """
+        result: AsyncResult = AsyncResult()
+        self.queue.append((result, envelope))
+        self._check_idle()
+        return result.get()
+
+    def kill(self) -> None:
+        """Stop every client. Requests still queued fail with ``451 4.3.0``."""
+        clients = list(self.pool)
+        self.pool.clear()
+        for client in clients:
+            client.unlink(self._client_exited)
+        gevent.killall(clients, block=True)
+        for client in clients:
+            client._fail_pending(_shutdown_error)
+        while self.queue:
+            result, _ = self.queue.popleft()
+            if not result.ready():
+                result.set_exception(_shutdown_error())
+
+
+class RelayPoolClient(gevent.Greenlet):
+    """One worker of a :class:`RelayPool`.
+
+    :param queue: the pool's queue of ``(AsyncResult, Envelope)`` requests.
+    :param idle_timeout: how long :meth:`poll` waits for work; ``None`` waits
+        forever.
+    """
+
+    def __init__(self, queue: BlockingDeque | None, idle_timeout: float | None = None) -> None:
+        super().__init__()
+        self.queue = queue
+        self.idle_timeout = idle_timeout
+        #: True only while blocked in :meth:`poll`.
+        self.idle = False
+        self._pending: AsyncResult | None = None
+
+    def poll(self) -> tuple[AsyncResult, Envelope] | tuple[None, None]:
+        """Take the next request, waiting up to :attr:`idle_timeout` seconds.
+
+        :returns: ``(result, envelope)``, or ``(None, None)`` after the timeout.
+        """
+        assert self.queue is not None
+        self.idle = True
+        try:
+            with gevent.Timeout(self.idle_timeout, False):
+                item = self.queue.popleft()
+                self._pending = item[0]
+                return item
+            return None, None
+        finally:
+            self.idle = False
+
+    def _requeue(self, result: AsyncResult, envelope: Envelope) -> None:
+        """Put a request back at the head of the queue, for another client."""
+        assert self.queue is not None
+        if self._pending is result:
+            self._pending = None
+        self.queue.appendleft((result, envelope))
+
+    def _fail_pending(self, make_error: Any) -> None:
+        pending, self._pending = self._pending, None
+        if pending is not None and not pending.ready():
+            pending.set_exception(make_error())
+
+    def _run(self) -> None:
+        """The greenlet body: take work with :meth:`poll` and resolve each request.
+
+        Subclasses must override this, and resolve every request they take
+        exactly once (``set`` or ``set_exception``).
+        """
+        raise NotImplementedError()

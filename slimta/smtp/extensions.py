@@ -1,0 +1,78 @@
+"""The ESMTP extensions a server advertises in its EHLO reply."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ["Extensions"]
+
+_SPLIT_RE = re.compile(r"\r?\n")
+_LINE_RE = re.compile(r"^([A-Za-z0-9][A-Za-z0-9-]*)(?:\s+(.*?))?\s*$")
+
+
+class Extensions:
+    """A case-insensitive map of extension names to their optional parameter.
+
+    Names are stored upper-case in :attr:`extensions`.
+    """
+
+    def __init__(self) -> None:
+        self.extensions: dict[str, str | None] = {}
+
+    def reset(self) -> None:
+        """Forget every extension."""
+        self.extensions.clear()
+
+    def __contains__(self, ext: object) -> bool:
+        if isinstance(ext, bytes):
+            ext = ext.decode("ascii", "replace")
+        return isinstance(ext, str) and ext.upper() in self.extensions
+
+    def add(self, ext: str, param: str | None = None) -> None:
+        """Record extension ``ext`` with an optional parameter."""
+        self.extensions[ext.upper()] = param
+
+    def drop(self, ext: str) -> bool:
+        """Remove ``ext``.
+
+        :returns: True if it was present.
+        """
+        return self.extensions.pop(ext.upper(), _MISSING) is not _MISSING
+
+    def getparam(self, ext: str, filter: Callable[[str], Any] | None = None) -> Any:
+        """The parameter of ``ext``, or ``None`` if it is missing or has none.
+
+        :param filter: a converter such as :class:`int`; a ``ValueError`` from it
+            gives ``None``.
+        """
+        param = self.extensions.get(ext.upper())
+        if param is None or filter is None:
+            return param
+        try:
+            return filter(param)
+        except ValueError:
+            return None
+
+    def parse_string(self, string: str) -> str:
+        """Parse EHLO reply text (without reply codes) into this object.
+
+        :returns: the first line, the server's greeting.
+        """
+        lines = _SPLIT_RE.split(string)
+        for line in lines[1:]:
+            match = _LINE_RE.match(line.strip())
+            if match:
+                self.add(match.group(1), match.group(2) or None)
+        return lines[0]
+
+    def build_string(self, header: str) -> str:
+        """Server side: ``header`` plus one line per extension, joined by CRLF."""
+        lines = [header]
+        for name, param in self.extensions.items():
+            lines.append(name if param is None else f"{name} {param}")
+        return "\r\n".join(lines)
+
+
+_MISSING = object()

@@ -1,0 +1,6 @@
+"""Test-suite wide configuration: the real-server fixtures live in ``test/support``."""
+
+pytest_plugins = [
+    "support.servers",
+    "support.dns_server",
+]

@@ -1,0 +1,38 @@
+import gevent
+import pytest
+
+from slimta.util.deque import BlockingDeque
+
+
+def test_popleft_blocks_until_append():
+    dq = BlockingDeque()
+    waiter = gevent.spawn(dq.popleft)
+    gevent.idle()
+    assert not waiter.ready()
+    dq.append("x")
+    assert waiter.get(timeout=1) == "x"
+
+
+def test_counts_follow_items():
+    dq = BlockingDeque([1, 2])
+    dq.extend([3, 4])
+    dq.extendleft([0])
+    dq.appendleft(-1)
+    assert list(dq) == [-1, 0, 1, 2, 3, 4]
+    dq.remove(2)
+    assert dq.pop() == 4 and dq.popleft() == -1
+    assert [dq.popleft() for _ in range(3)] == [0, 1, 3]
+    with gevent.Timeout(0.01, False):
+        dq.popleft()
+        pytest.fail("popleft should block on an empty deque")
+
+
+def test_clear_drains_the_count():
+    dq = BlockingDeque("abc")
+    dq.clear()
+    assert len(dq) == 0
+    dq.append("z")
+    assert dq.pop() == "z"
+    with gevent.Timeout(0.01, False):
+        dq.pop()
+        pytest.fail("pop should block after clear")
