@@ -2,7 +2,8 @@
 
     python bench/run.py [SCENARIO ...] [--rounds 3] [--count 5000]
 
-Scenarios: reuse1, reuse20, noreuse20, big (default: all four). Every round runs
+Scenarios: reuse1, reuse20, noreuse20, big, mx_cached, mx_uncached, mx_memory
+(default: all). Every round runs
 each implementation once, in turn, against the same postfix smtp-sink; the table
 gives medians over the rounds and each peer's ratio to slimta-relay. Run
 ``bench/setup_peers.sh`` once first. See bench/README.md.
@@ -34,7 +35,11 @@ SCENARIOS = {
     "reuse20": "StaticSmtpRelay pool_size=20, reused connections",
     "noreuse20": "StaticSmtpRelay pool_size=20, a connection per message",
     "big": "one 20 MB message",
+    "mx_cached": "MxSmtpRelay, 100 domains already cached (vs static reuse20)",
+    "mx_uncached": "MxSmtpRelay, a new domain per message, local DNS (vs static reuse20)",
+    "mx_memory": "MxSmtpRelay, a new domain and MX host per message: RSS growth",
 }
+MX_SCENARIOS = ("mx_cached", "mx_uncached", "mx_memory")
 BIG_SIZE = 20 * 1000 * 1000
 
 
@@ -83,6 +88,32 @@ def run_source(args: list[str], messages: int) -> dict:
     return {"messages": messages, "elapsed": elapsed, "cpu": cpu, "failures": 0}
 
 
+def start_dns(distinct: bool) -> tuple[subprocess.Popen, int]:
+    port = free_port()
+    args = [OURS_PY, os.path.join(HERE, "dns_server.py"), str(port)]
+    proc = subprocess.Popen(args + (["--distinct-hosts"] if distinct else []),
+                            stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+    assert proc.stdout is not None
+    if proc.stdout.readline().strip() != "ready":
+        raise SystemExit("bench DNS server did not start")
+    return proc, port
+
+
+def mx_implementations(scenario: str, port: int, dns_port: int, count: int) -> dict:
+    def mx(*extra: str) -> dict:
+        return run_worker([OURS_PY, "worker_mx.py", scenario, "--port", str(port),
+                           "--dns-port", str(dns_port), "--count", str(count), *extra])
+
+    if scenario == "mx_memory":
+        return {"slimta-relay": mx, "bare c-ares floor": lambda: mx("--bare")}
+    return {
+        "slimta-relay": mx,
+        "static reuse20": lambda: run_worker(
+            [OURS_PY, "worker_slimta.py", "reuse20", "--port", str(port), "--count",
+             str(count), "--size", "2048"]),
+    }
+
+
 def implementations(scenario: str, port: int, count: int) -> dict:
     """name -> callable running one measurement and returning the worker's result."""
     orig_env = dict(os.environ, PYTHONPATH=os.path.join(HERE, "shim"))
@@ -121,6 +152,10 @@ def implementations(scenario: str, port: int, count: int) -> dict:
 def to_sample(scenario: str, result: dict) -> Sample:
     if result.get("failures"):
         print(f"  warning: {result['failures']} failures", file=sys.stderr)
+    if "rss_growth" in result:
+        return Sample(result["messages"] / result["elapsed"],
+                      result["cpu"] * 1e6 / result["messages"],
+                      {"rss_mb": result["rss_growth"] / 2**20})
     if scenario == "big":
         rate = BIG_SIZE / result["elapsed"] / 1e6
         extra = {"peak_growth_mb": result.get("peak_growth", 0) / 1e6}
@@ -137,18 +172,30 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--count", type=int, default=5000)
     parser.add_argument("--only", nargs="*", help="implementations to run")
+    parser.add_argument("--mx-memory-count", type=int, default=100000)
     args = parser.parse_args()
     sink, port = start_sink()
     try:
         for scenario in args.scenarios:
-            impls = implementations(scenario, port, args.count)
+            dns = None
+            if scenario in MX_SCENARIOS:
+                dns, dns_port = start_dns(distinct=scenario == "mx_memory")
+                count = args.mx_memory_count if scenario == "mx_memory" else args.count
+                impls = mx_implementations(scenario, port, dns_port, count)
+            else:
+                impls = implementations(scenario, port, args.count)
             if args.only:
                 impls = {k: v for k, v in impls.items() if k in args.only}
             samples: dict[str, list[Sample]] = {name: [] for name in impls}
-            for rnd in range(args.rounds):
-                for name, run in impls.items():
-                    samples[name].append(to_sample(scenario, run()))
-                print(f"[{scenario}] round {rnd + 1}/{args.rounds} done", file=sys.stderr)
+            try:
+                for rnd in range(args.rounds):
+                    for name, run in impls.items():
+                        samples[name].append(to_sample(scenario, run()))
+                    print(f"[{scenario}] round {rnd + 1}/{args.rounds} done", file=sys.stderr)
+            finally:
+                if dns is not None:
+                    dns.kill()
+                    dns.wait()
             report(scenario, samples)
     finally:
         sink.kill()
@@ -171,6 +218,9 @@ def report(scenario: str, samples: dict[str, list[Sample]]) -> None:
         if scenario == "big":
             growth = statistics.median(s.extra.get("peak_growth_mb", 0) for s in runs)
             extra = f" (peak RSS growth {growth:.1f} MB)"
+        if "rss_mb" in runs[0].extra:
+            growth = statistics.median(s.extra["rss_mb"] for s in runs)
+            extra = f" (RSS growth {growth:.1f} MiB)"
         print(f"| {name} | {rate:.1f}{extra} | {each} | {cpu:.0f} | {ratio} |")
     sys.stdout.flush()
 

@@ -28,7 +28,7 @@ if [ ! -x .venv/bin/python ]; then
     "$PY" -m venv .venv
 fi
 echo "== installing slimta-relay and test tools into .venv"
-.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test,dev]'
+.venv/bin/python -m pip install -q --disable-pip-version-check --config-settings editable_mode=compat -e '.[test,dev]'
 
 echo "== ruff"
 .venv/bin/ruff check slimta test bench

@@ -1,0 +1,119 @@
+"""Benchmark worker for MxSmtpRelay (slimta-relay only; the MX targets are relative).
+
+    python bench/worker_mx.py SCENARIO --port SINK --dns-port DNS --count N
+
+Scenarios:
+  mx_cached    N messages over 100 domains whose MX records were looked up before
+               the clock starts.
+  mx_uncached  N messages, each to a new domain (one MX lookup per message).
+  mx_memory    N messages, each to a new domain with its own MX host; reports
+               RSS growth. ``--bare`` instead only runs the same N MX lookups on
+               a plain pycares channel, to measure c-ares' own cache (the floor).
+Every MX host is routed to the sink by the socket_creator.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import sys
+
+import gevent
+import gevent.pool
+from _common import Clock, body_of, emit, rss_bytes
+from gevent.socket import create_connection
+
+
+def envelope(domain: str, i: int, body: bytes):
+    from slimta.envelope import Envelope
+
+    env = Envelope("sender@example.com", [f"rcpt{i}@{domain}"])
+    env.parse(b"From: sender@example.com\r\nSubject: bench %d\r\n\r\n" % i + body)
+    return env
+
+
+def bare_lookups(args: argparse.Namespace) -> None:
+    from slimta.util.dns import DNSResolver
+
+    DNSResolver.channel_options = {"servers": ["127.0.0.1"], "udp_port": args.dns_port,
+                                   "tcp_port": args.dns_port, "timeout": 2.0, "tries": 3}
+    DNSResolver.query("warm.bench", "MX").get()
+    gc.collect()
+    base = rss_bytes()
+    pool = gevent.pool.Pool(50)
+    for i in range(args.count):
+        pool.spawn(lambda n: DNSResolver.query(f"m{n}.bench", "MX").get(), i)
+    pool.join()
+    gc.collect()
+    emit(messages=args.count, elapsed=1.0, cpu=0.0, failures=0, rss_growth=rss_bytes() - base)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("scenario")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--dns-port", type=int, required=True)
+    parser.add_argument("--count", type=int, default=2000)
+    parser.add_argument("--bare", action="store_true")
+    args = parser.parse_args()
+    if args.bare:
+        bare_lookups(args)
+        return
+
+    from slimta.relay.smtp.mx import MxSmtpRelay
+    from slimta.util.dns import DNSResolver
+
+    DNSResolver.channel_options = {"servers": ["127.0.0.1"], "udp_port": args.dns_port,
+                                   "tcp_port": args.dns_port, "timeout": 2.0, "tries": 3}
+    sink = ("127.0.0.1", args.port)
+    relay = MxSmtpRelay(socket_creator=lambda address: create_connection(sink),
+                        ehlo_as="bench.example.com", pool_size=20, idle_timeout=30.0)
+    body = body_of(2048)
+    if args.scenario == "mx_cached":
+        domains = [f"c{i}.bench" for i in range(100)]
+        envs = [envelope(domains[i % 100], i, body) for i in range(args.count)]
+        warm = [envelope(d, 0, body) for d in domains]
+    elif args.scenario in ("mx_uncached", "mx_memory"):
+        envs = [envelope(f"u{i}.bench", i, body) for i in range(args.count)]
+        warm = [envelope(f"w{i}.bench", i, body) for i in range(20)]
+    else:
+        raise SystemExit(f"unknown scenario {args.scenario}")
+    gevent.joinall([gevent.spawn(relay.attempt, env, 0) for env in warm], raise_error=True)
+    failures = 0
+
+    def one(env: object) -> None:
+        nonlocal failures
+        try:
+            relay.attempt(env, 0)
+        except Exception as exc:
+            failures += 1
+            if failures < 3:
+                print("failure:", exc, file=sys.stderr)
+
+    if args.scenario == "mx_memory":
+        del envs  # build each envelope on the fly: only the relay's own growth counts
+        gc.collect()
+        base = rss_bytes()
+        workers = gevent.pool.Pool(80)
+        with Clock() as clock:
+            for i in range(args.count):
+                workers.spawn(one, envelope(f"u{i}.bench", i, body))
+            workers.join()
+        gc.collect()
+        growth = rss_bytes() - base
+        emit(messages=args.count, elapsed=clock.elapsed, cpu=clock.cpu, failures=failures,
+             rss_growth=growth, relays=len(relay._relayers), records=len(relay._mx_records))
+        relay.kill()
+        return
+    workers = gevent.pool.Pool(80)
+    gc.collect()
+    with Clock() as clock:
+        for env in envs:
+            workers.spawn(one, env)
+        workers.join()
+    relay.kill()
+    emit(messages=args.count, elapsed=clock.elapsed, cpu=clock.cpu, failures=failures)
+
+
+if __name__ == "__main__":
+    main()

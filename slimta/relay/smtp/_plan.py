@@ -1,0 +1,134 @@
+"""What one transaction will send, decided before a byte is written.
+
+Pure checks of an envelope against the server's advertised extensions: address
+safety (API D9), SMTPUTF8 and SIZE (D8), and 8-bit content (8BITMIME or
+conversion). Failures are raised as relay errors carrying the §0 replies; a
+recipient that may not be sent gets its own error while the others go ahead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, NamedTuple, Union
+
+from slimta.relay import RelayError
+from slimta.relay.smtp import SmtpPermanentRelayError, SmtpRelayError, SmtpTransientRelayError
+from slimta.smtp._wire import AddressError, check_address
+from slimta.smtp.extensions import Extensions
+from slimta.smtp.reply import Reply
+
+if TYPE_CHECKING:
+    from email.message import Message
+
+    from slimta.envelope import Envelope
+
+__all__ = ["Plan", "RcptOutcome", "plan_transaction", "raise_if_uniform"]
+
+#: One recipient's outcome in a per-recipient result.
+RcptOutcome = Union[Reply, None, RelayError]
+
+
+class Plan(NamedTuple):
+    """What one transaction will send, worked out before anything is written."""
+
+    sender: str
+    order: list[str]  # the envelope's recipients, as given
+    recipients: list[str]  # the ones that may be sent
+    refused: dict[str, RelayError]  # refused locally, never sent
+    header: bytes
+    body: bytes
+    size: int
+    body_type: str | None
+    smtputf8: bool
+
+
+def plan_transaction(
+    envelope: Envelope,
+    extensions: Extensions,
+    binary_encoder: Callable[[Message], None] | None,
+) -> Plan:
+    """Check ``envelope`` against the server's ``extensions``; nothing is sent.
+
+    :param binary_encoder: converts 8-bit MIME parts when the server lacks
+        8BITMIME (the envelope is changed in place).
+    :raises SmtpRelayError: the whole message cannot be sent: a refused sender
+        (501 5.1.7, 553 5.6.7), no sendable recipient, over SIZE (552 5.3.4), or
+        8-bit content that cannot be converted (554 5.6.3).
+    """
+    utf8_ok = "SMTPUTF8" in extensions
+    sender = envelope.sender or ""
+    problem = _address_refusal(sender, utf8_ok, "5.1.7", b"MAIL")
+    if problem is not None:
+        raise SmtpRelayError.factory(problem)
+    recipients: list[str] = []
+    refused: dict[str, RelayError] = {}
+    for rcpt in envelope.recipients:
+        problem = _address_refusal(rcpt, utf8_ok, "5.1.3", b"RCPT")
+        if problem is None:
+            recipients.append(rcpt)
+        else:
+            refused.setdefault(rcpt, SmtpRelayError.factory(problem))
+    if not recipients:
+        raise next(iter(refused.values()))  # all refused here, all permanent
+    smtputf8 = utf8_ok and not (sender.isascii() and all(r.isascii() for r in recipients))
+
+    header, body = envelope.flatten()
+    body_type = None
+    if not (header.isascii() and body.isascii()):
+        if "8BITMIME" in extensions:
+            body_type = "8BITMIME"
+        else:
+            header, body = _convert_to_7bit(envelope, binary_encoder)
+    size = len(header) + len(body)
+    limit = extensions.getparam("SIZE", int)
+    if limit and size > limit:
+        reply = Reply("552", f"5.3.4 Message size exceeds the server limit of {limit}")
+        reply.command = b"MAIL"
+        raise SmtpPermanentRelayError(reply)
+    return Plan(
+        sender, list(envelope.recipients), recipients, refused,
+        header, body, size, body_type, smtputf8,
+    )
+
+
+def _convert_to_7bit(
+    envelope: Envelope, binary_encoder: Callable[[Message], None] | None
+) -> tuple[bytes, bytes]:
+    failure = Reply("554", "5.6.3 Conversion not allowed", b"[data conversion]")
+    if binary_encoder is None:
+        raise SmtpPermanentRelayError(failure)
+    try:
+        envelope.encode_7bit(binary_encoder)
+    except UnicodeError:
+        raise SmtpPermanentRelayError(failure)
+    header, body = envelope.flatten()
+    if not (header.isascii() and body.isascii()):
+        raise SmtpPermanentRelayError(failure)
+    return header, body
+
+
+def _address_refusal(address: str, utf8_ok: bool, esc: str, command: bytes) -> Reply | None:
+    """The reply refusing ``address`` before it is sent, or ``None`` when it may go."""
+    try:
+        check_address(address)
+    except AddressError as exc:
+        return Reply("501", f"{esc} {exc.args[0]}", command)
+    if not address.isascii() and not utf8_ok:
+        return Reply("553", "5.6.7 Non-ASCII address but the server lacks SMTPUTF8", command)
+    return None
+
+
+def raise_if_uniform(order: Iterable[str], outcomes: Mapping[str, RcptOutcome]) -> None:
+    """Every recipient failed: raise the first error when all share a class (Compat).
+
+    When permanent and transient rejections are mixed, return instead, so that
+    the caller reports each recipient by its own reply (API D-x5).
+    """
+    errors = [outcomes[rcpt] for rcpt in order if isinstance(outcomes.get(rcpt), RelayError)]
+    if not errors:
+        return
+    kinds = {isinstance(error, SmtpTransientRelayError) for error in errors}
+    if len(kinds) == 1:
+        first = errors[0]
+        assert isinstance(first, RelayError)
+        raise first

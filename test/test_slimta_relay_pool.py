@@ -1,0 +1,225 @@
+"""RelayPool / RelayPoolClient, driven with small in-memory clients (no sockets)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import gevent
+import pytest
+from gevent.event import Event
+
+from slimta.envelope import Envelope
+from slimta.relay import PermanentRelayError, TransientRelayError
+from slimta.relay.pool import RelayPool, RelayPoolClient
+from slimta.smtp.reply import Reply
+from slimta.util.deque import BlockingDeque
+
+GUARD_SECONDS = 5.0
+
+
+class EchoClient(RelayPoolClient):
+    """Resolves each request with a reply naming the envelope's first recipient."""
+
+    def _run(self) -> None:
+        while True:
+            result, envelope = self.poll()
+            if result is None or envelope is None:
+                return
+            if envelope.recipients[0] == "fail":
+                result.set_exception(PermanentRelayError("refused"))
+            else:
+                result.set(Reply("250", "2.0.0 " + envelope.recipients[0]))
+
+
+class Pool(RelayPool):
+    def __init__(self, factory: Callable[[], RelayPoolClient], pool_size: int | None = None):
+        super().__init__(pool_size)
+        self.factory = factory
+        self.started: list[RelayPoolClient] = []
+
+    def add_client(self) -> RelayPoolClient:
+        client = self.factory()
+        self.started.append(client)
+        return client
+
+
+def env(rcpt: str) -> Envelope:
+    return Envelope("s@x.test", [rcpt])
+
+
+def test_add_client_is_abstract() -> None:
+    with pytest.raises(NotImplementedError):
+        RelayPool().add_client()
+    with pytest.raises(NotImplementedError):
+        RelayPoolClient(None)._run()
+
+
+def test_results_and_errors_reach_the_caller() -> None:
+    pool = Pool(lambda: EchoClient(None, idle_timeout=10))
+    try:
+        with gevent.Timeout(GUARD_SECONDS):
+            assert str(pool.attempt(env("a"), 0)) == "250 2.0.0 a"
+            with pytest.raises(PermanentRelayError):
+                pool.attempt(env("fail"), 0)
+            assert str(pool.attempt(env("b"), 0)) == "250 2.0.0 b"
+    finally:
+        pool.kill()
+    assert len(pool.started) == 1  # the idle client was reused
+    assert all(client.queue is pool.queue for client in pool.started)
+
+
+def test_pool_size_is_a_bound() -> None:
+    gate = Event()
+
+    class Slow(EchoClient):
+        def _run(self) -> None:
+            gate.wait()
+            super()._run()
+
+    pool = Pool(lambda: Slow(None, idle_timeout=10), pool_size=3)
+    try:
+        with gevent.Timeout(GUARD_SECONDS):
+            jobs = [gevent.spawn(pool.attempt, env(str(n)), 0) for n in range(10)]
+            gevent.idle()
+            assert len(pool.pool) == 3
+            gate.set()
+            gevent.joinall(jobs, raise_error=True)
+    finally:
+        pool.kill()
+    assert sorted(job.value.message for job in jobs) == sorted(f"2.0.0 {n}" for n in range(10))
+    assert len(pool.started) == 3
+
+
+def test_burst_starts_clients_beyond_one_idle() -> None:
+    pool = Pool(lambda: EchoClient(None, idle_timeout=10))
+    gate = Event()
+
+    class Blocking(EchoClient):
+        def _run(self) -> None:
+            gate.wait()
+            super()._run()
+
+    pool.factory = lambda: Blocking(None, idle_timeout=10)
+    try:
+        with gevent.Timeout(GUARD_SECONDS):
+            jobs = [gevent.spawn(pool.attempt, env(str(n)), 0) for n in range(4)]
+            gevent.idle()
+            assert len(pool.pool) == 4  # D-x14: one client per waiting request
+            gate.set()
+            gevent.joinall(jobs, raise_error=True)
+    finally:
+        pool.kill()
+
+
+def test_idle_timeout_ends_the_client() -> None:
+    client = EchoClient(BlockingDeque(), idle_timeout=0.01)
+    client.start()
+    client.join(GUARD_SECONDS)
+    assert client.dead and client.value is None
+    assert client.poll() == (None, None)
+
+
+def test_client_crash_fails_its_request() -> None:
+    class Crash(RelayPoolClient):
+        def _run(self) -> None:
+            self.poll()
+            raise RuntimeError("bug")
+
+    pool = Pool(lambda: Crash(None))
+    try:
+        with gevent.Timeout(GUARD_SECONDS):
+            with pytest.raises(TransientRelayError) as info:
+                pool.attempt(env("a"), 0)
+    finally:
+        pool.kill()
+    assert str(info.value.reply) == "451 4.3.0 Relay client exited unexpectedly"
+
+
+def test_client_exit_without_resolving_fails_its_request() -> None:
+    class Forgetful(RelayPoolClient):
+        def _run(self) -> None:
+            self.poll()
+
+    pool = Pool(lambda: Forgetful(None))
+    with gevent.Timeout(GUARD_SECONDS):
+        with pytest.raises(TransientRelayError):
+            pool.attempt(env("a"), 0)
+    pool.kill()
+
+
+def test_requeue_hands_the_request_to_a_fresh_client() -> None:
+    clients: list[RelayPoolClient] = []
+
+    class RequeueOnce(EchoClient):
+        def _run(self) -> None:
+            if not clients:
+                clients.append(self)
+                result, envelope = self.poll()
+                assert result is not None and envelope is not None
+                self._requeue(result, envelope)  # e.g. the server closed while idle
+                return
+            super()._run()
+
+    pool = Pool(lambda: RequeueOnce(None, idle_timeout=10))
+    try:
+        with gevent.Timeout(GUARD_SECONDS):
+            assert str(pool.attempt(env("a"), 0)) == "250 2.0.0 a"
+    finally:
+        pool.kill()
+    assert len(pool.started) == 2
+
+
+def test_requeue_goes_to_the_head() -> None:
+    queue = BlockingDeque()
+    client = EchoClient(queue)
+    queue.append(("r1", "e1"))
+    queue.append(("r2", "e2"))
+    item = client.poll()
+    client._requeue(*item)
+    assert list(queue) == [("r1", "e1"), ("r2", "e2")]
+    assert client._pending is None
+
+
+def test_kill_fails_queued_and_running_requests() -> None:
+    started = Event()
+
+    class Hang(RelayPoolClient):
+        def _run(self) -> None:
+            self.poll()
+            started.set()
+            Event().wait()
+
+    pool = Pool(lambda: Hang(None), pool_size=1)
+    with gevent.Timeout(GUARD_SECONDS):
+        running = gevent.spawn(pool.attempt, env("a"), 0)
+        queued = gevent.spawn(pool.attempt, env("b"), 0)
+        started.wait()
+        gevent.idle()
+        pool.kill()
+        for job in (running, queued):
+            job.join()
+            assert isinstance(job.exception, TransientRelayError)
+    assert str(queued.exception.reply) == "451 4.3.0 Relay shut down"
+    assert not pool.pool and not pool.queue
+    assert all(client.dead for client in pool.started)
+
+
+def test_pool_restarts_a_client_when_work_remains() -> None:
+    runs: list[Any] = []
+
+    class OneShot(RelayPoolClient):
+        def _run(self) -> None:
+            result, envelope = self.poll()
+            runs.append(envelope)
+            assert result is not None and envelope is not None
+            result.set(Reply("250", "2.0.0 " + envelope.recipients[0]))
+
+    pool = Pool(lambda: OneShot(None), pool_size=1)
+    try:
+        with gevent.Timeout(GUARD_SECONDS):
+            jobs = [gevent.spawn(pool.attempt, env(str(n)), 0) for n in range(3)]
+            gevent.joinall(jobs, raise_error=True)
+    finally:
+        pool.kill()
+    assert len(runs) == 3 and len(pool.started) == 3

@@ -1,0 +1,305 @@
+"""IO: buffered socket layer, bounded reply reading, cooperative TLS."""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from collections.abc import Iterator
+
+import gevent
+import gevent.socket
+import pytest
+from smtp_peer import GUARD_TIMEOUT, PEER_ADDRESS, Peer
+from support.tls import TlsCert
+
+from slimta.smtp import BadReply, ConnectionLost
+from slimta.smtp.io import IO, MAX_REPLY_BYTES
+from slimta.smtp.reply import Reply
+
+
+@pytest.fixture
+def pair() -> Iterator[tuple[IO, Peer]]:
+    a, b = gevent.socket.socketpair()
+    io = IO(a, PEER_ADDRESS)
+    peer = Peer(b)
+    yield io, peer
+    io.socket.close()
+    peer.close()
+    a.close()
+
+
+def send_log_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if ":send " in r.getMessage()]
+
+
+def test_recv_reply_across_reads(pair: tuple[IO, Peer]) -> None:
+    io, peer = pair
+    result = gevent.spawn(io.recv_reply)
+    for piece in (b"250-first\r", b"\n250-sec", b"ond\r\n250 third\r\n"):
+        peer.send(piece)
+        gevent.sleep(0)  # let the reader take each piece separately
+    assert result.get(timeout=GUARD_TIMEOUT) == ("250", "first\r\nsecond\r\nthird")
+
+
+def test_replies_left_in_buffer(pair: tuple[IO, Peer]) -> None:
+    io, peer = pair
+    peer.send(b"250 a\r\n354 b\r\n")
+    assert io.recv_reply() == ("250", "a")
+    assert io.buffered_bytes == 7
+    assert io.recv_buffer == b"354 b\r\n"
+    assert io.recv_reply() == ("354", "b")
+    assert io.buffered_bytes == 0
+
+
+def test_reply_recv(pair: tuple[IO, Peer]) -> None:
+    io, peer = pair
+    peer.send(b"550 5.1.1 No such user\r\n")
+    reply = Reply(command=b"RCPT")
+    reply.recv(io)
+    assert (reply.code, reply.message) == ("550", "5.1.1 No such user")
+    assert reply.address == PEER_ADDRESS
+
+
+def test_eof_is_connection_lost(pair: tuple[IO, Peer]) -> None:
+    io, peer = pair
+    peer.send(b"250-partial\r\n")
+    peer.sock.shutdown(2)
+    with pytest.raises(ConnectionLost):
+        io.recv_reply()
+    with pytest.raises(ConnectionLost):  # and stays lost
+        io.raw_recv()
+
+
+def test_oversized_reply(pair: tuple[IO, Peer]) -> None:
+    io, peer = pair
+    line = b"250-" + b"z" * 1000 + b"\r\n"
+    sender = gevent.spawn(peer.send, line * (MAX_REPLY_BYTES // len(line) + 2))
+    with pytest.raises(BadReply):
+        io.recv_reply()
+    sender.kill()
+
+
+def test_buffered_send_is_one_write(
+    pair: tuple[IO, Peer], caplog: pytest.LogCaptureFixture
+) -> None:
+    io, peer = pair
+    caplog.set_level(logging.DEBUG, logger="slimta.smtp.io")
+    io.send_command(b"MAIL FROM:<a@example.com>")
+    io.send_command(b"RCPT TO:<b@example.com>")
+    io.buffered_send(b"DATA\r\n")
+    assert peer.nothing_written()
+    io.flush_send()
+    peer.expect(b"MAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.com>\r\nDATA\r\n")
+    assert len(send_log_lines(caplog)) == 1
+    io.flush_send()  # nothing queued: nothing written
+    assert len(send_log_lines(caplog)) == 1
+
+
+def test_large_buffered_send_is_not_copied_into_buffer(pair: tuple[IO, Peer]) -> None:
+    io, peer = pair
+    big = b"x" * 100000
+    io.send_command(b"NOOP")
+    reader = gevent.spawn(peer.read_exactly, 6 + len(big))
+    io.buffered_send(memoryview(big))
+    assert reader.get(timeout=GUARD_TIMEOUT) == b"NOOP\r\n" + big
+    assert not io.send_buffer
+
+
+def test_send_command_refuses_line_breaks(pair: tuple[IO, Peer]) -> None:
+    io, _ = pair
+    with pytest.raises(ValueError):
+        io.send_command(b"NOOP\r\nRSET")
+    assert not io.send_buffer
+
+
+def test_secret_command_is_masked_in_log(
+    pair: tuple[IO, Peer], caplog: pytest.LogCaptureFixture
+) -> None:
+    io, peer = pair
+    caplog.set_level(logging.DEBUG, logger="slimta.smtp.io")
+    io.send_command(b"AUTH PLAIN AHVzZXIAc2VjcmV0", secret=True)
+    io.send_command(b"dXNlcg==", secret=True)
+    peer.expect(b"AUTH PLAIN AHVzZXIAc2VjcmV0\r\ndXNlcg==\r\n")
+    text = "\n".join(send_log_lines(caplog))
+    assert "AHVzZXIAc2VjcmV0" not in text and "dXNlcg" not in text
+    assert "AUTH PLAIN" in text
+
+
+def test_address_from_getpeername() -> None:
+    server = gevent.socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    sock = gevent.socket.create_connection(server.getsockname())
+    try:
+        assert IO(sock).address == server.getsockname()
+        assert IO(sock, ("given", 1)).address == ("given", 1)
+    finally:
+        sock.close()
+        server.close()
+
+
+def test_poll_readable(pair: tuple[IO, Peer]) -> None:
+    io, peer = pair
+    assert not io.poll_readable()
+    peer.send(b"421 4.3.2 going away\r\n")
+    assert io.poll_readable()
+    assert io.recv_reply() == ("421", "4.3.2 going away")
+    assert not io.poll_readable()
+    peer.sock.shutdown(2)
+    assert io.poll_readable()  # EOF: the next read tells
+    io.close()
+    assert not io.poll_readable()
+
+
+def test_poll_readable_never_yields(pair: tuple[IO, Peer]) -> None:
+    io, _ = pair
+    ran: list[bool] = []
+    gevent.spawn(ran.append, True)
+    for _ in range(100):
+        assert not io.poll_readable()
+    assert not ran  # the hub never ran the other greenlet
+    gevent.sleep(0)
+    assert ran
+
+
+def test_server_side_helpers(pair: tuple[IO, Peer]) -> None:
+    io, peer = pair
+    peer.send(b"ehlo client.example\r\nQUIT\r\n")
+    assert io.recv_command() == (b"EHLO", b"client.example")
+    assert io.recv_command() == (b"QUIT", None)
+    Reply("250", "2.0.0 line one\nline two").send(io, flush=True)
+    peer.expect(b"250-2.0.0 line one\r\n250 2.0.0 line two\r\n")
+
+
+# -- TLS ------------------------------------------------------------------------
+
+
+def plain_client_context(tls_cert: TlsCert) -> ssl.SSLContext:
+    """What ``ssl.create_default_context(cafile=...)`` returns: a stdlib context."""
+    context = ssl.create_default_context(cafile=tls_cert.ca_path)
+    assert type(context) is ssl.SSLContext
+    return context
+
+
+def serve_tls(peer: Peer, context: ssl.SSLContext) -> bytes:
+    peer.start_tls(context)
+    line = peer.read_line()
+    peer.send(b"250 over tls\r\n")
+    return line
+
+
+def test_encrypt_with_plain_context(pair: tuple[IO, Peer], tls_cert: TlsCert) -> None:
+    io, peer = pair
+    server = gevent.spawn(serve_tls, peer, tls_cert.server_context())
+    with gevent.Timeout(GUARD_TIMEOUT):
+        io.encrypt_client(plain_client_context(tls_cert))
+    assert io.encrypted
+    io.send_command(b"NOOP")
+    io.flush_send()
+    assert io.recv_reply() == ("250", "over tls")
+    assert server.get(timeout=GUARD_TIMEOUT) == b"NOOP\r\n"
+    io.close()
+
+
+def test_handshake_does_not_block_the_hub(pair: tuple[IO, Peer], tls_cert: TlsCert) -> None:
+    """A server that stalls mid-handshake must not freeze other greenlets.
+
+    The socket timeout is only a safety net: were the handshake blocking, the test
+    would fail after it (no ticks, no gevent.Timeout) instead of hanging.
+    """
+    io, peer = pair
+    io.socket.settimeout(GUARD_TIMEOUT)
+    ticks = []
+
+    def ticker() -> None:
+        while True:
+            ticks.append(1)
+            gevent.sleep(0.005)
+
+    ticking = gevent.spawn(ticker)
+    try:
+        with pytest.raises(gevent.Timeout), gevent.Timeout(0.3):
+            io.encrypt_client(plain_client_context(tls_cert))  # the peer never answers
+    finally:
+        ticking.kill()
+    assert len(ticks) >= 10
+    assert peer.read_exactly(1) == b"\x16"  # the ClientHello did go out
+
+
+def test_handshake_failure(pair: tuple[IO, Peer], tls_cert: TlsCert) -> None:
+    io, peer = pair
+    peer.send(b"220 this is not a ServerHello at all\r\n")
+    with gevent.Timeout(GUARD_TIMEOUT), pytest.raises(ssl.SSLError):
+        io.encrypt_client(plain_client_context(tls_cert))
+    io.close()
+
+
+def test_encrypt_socket_client_returns_false(pair: tuple[IO, Peer], tls_cert: TlsCert) -> None:
+    io, peer = pair
+    peer.send(b"garbage garbage garbage garbage garbage\r\n")
+    with gevent.Timeout(GUARD_TIMEOUT):
+        assert io.encrypt_socket_client(plain_client_context(tls_cert)) is False
+
+
+def test_certificate_mismatch(tls_cert: TlsCert) -> None:
+    a, b = gevent.socket.socketpair()
+    io = IO(a, ("wrong-name.example", 25))
+    peer = Peer(b)
+    server = gevent.spawn(peer.start_tls, tls_cert.server_context())
+    try:
+        with gevent.Timeout(GUARD_TIMEOUT), pytest.raises(ssl.SSLCertVerificationError):
+            io.encrypt_client(plain_client_context(tls_cert))
+    finally:
+        io.close()
+        server.join(GUARD_TIMEOUT)
+        peer.close()
+
+
+def test_no_host_name_for_checking(tls_cert: TlsCert) -> None:
+    a, b = gevent.socket.socketpair()
+    io = IO(a)  # AF_UNIX: no host name
+    try:
+        with pytest.raises(ssl.SSLError):
+            io.encrypt_client(plain_client_context(tls_cert))
+        assert not io.encrypted
+    finally:
+        a.close()
+        b.close()
+
+
+def test_leftover_bytes_refuse_tls(pair: tuple[IO, Peer], tls_cert: TlsCert) -> None:
+    io, peer = pair
+    peer.send(b"220 go ahead\r\n250 injected\r\n")
+    assert io.recv_reply() == ("220", "go ahead")
+    with pytest.raises(BadReply) as info:
+        io.encrypt_client(plain_client_context(tls_cert))
+    assert info.value.data == b"250 injected\r\n"
+    assert not io.encrypted
+
+
+def test_poll_readable_ignores_session_tickets(pair: tuple[IO, Peer], tls_cert: TlsCert) -> None:
+    """TLS 1.3 tickets make the fd readable without any reply waiting."""
+    io, peer = pair
+    server = gevent.spawn(peer.start_tls, tls_cert.server_context())
+    with gevent.Timeout(GUARD_TIMEOUT):
+        io.encrypt_client(plain_client_context(tls_cert))
+    server.get(timeout=GUARD_TIMEOUT)
+    assert not io.poll_readable()
+    peer.send(b"421 4.3.2 bye\r\n")
+    with gevent.Timeout(GUARD_TIMEOUT):
+        while not io.poll_readable():
+            gevent.sleep(0)
+    assert io.recv_reply() == ("421", "4.3.2 bye")
+    io.close()
+
+
+def test_close_after_tls_with_vanished_peer(pair: tuple[IO, Peer], tls_cert: TlsCert) -> None:
+    io, peer = pair
+    server = gevent.spawn(peer.start_tls, tls_cert.server_context())
+    with gevent.Timeout(GUARD_TIMEOUT):
+        io.encrypt_client(plain_client_context(tls_cert))
+    server.get(timeout=GUARD_TIMEOUT)
+    peer.close()
+    with gevent.Timeout(GUARD_TIMEOUT):
+        io.close()
+    assert io.socket.fileno() == -1
