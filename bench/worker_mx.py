@@ -66,8 +66,12 @@ def main() -> None:
     DNSResolver.channel_options = {"servers": ["127.0.0.1"], "udp_port": args.dns_port,
                                    "tcp_port": args.dns_port, "timeout": 2.0, "tries": 3}
     sink = ("127.0.0.1", args.port)
+    # Every mx_memory domain has its own MX host, so a connection is never reused:
+    # close it after its message (idle_timeout=None) instead of keeping up to
+    # relay_cache_size idle connections, which would exhaust the sink's descriptors.
+    idle = None if args.scenario == "mx_memory" else 30.0
     relay = MxSmtpRelay(socket_creator=lambda address: create_connection(sink),
-                        ehlo_as="bench.example.com", pool_size=20, idle_timeout=30.0)
+                        ehlo_as="bench.example.com", pool_size=20, idle_timeout=idle)
     body = body_of(2048)
     if args.scenario == "mx_cached":
         domains = [f"c{i}.bench" for i in range(100)]

@@ -31,7 +31,7 @@ echo "== installing slimta-relay and test tools into .venv"
 .venv/bin/python -m pip install -q --disable-pip-version-check --config-settings editable_mode=compat -e '.[test,dev]'
 
 echo "== ruff"
-.venv/bin/ruff check slimta test bench
+.venv/bin/ruff check slimta test bench examples
 echo "== mypy"
 .venv/bin/mypy
 echo "== sphinx"

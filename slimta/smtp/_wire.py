@@ -226,8 +226,14 @@ def _find_quoted_end(address: str) -> int:
     raise AddressError("Unterminated quoted local part", address)
 
 
+# C0 controls and DEL, plus the Unicode line and paragraph separators.
+_CONTROL_RE = re.compile("[\x00-\x1f\x7f\x85\u2028\u2029]")
+# What may not appear outside a quoted local part.
+_UNQUOTED_BAD_RE = re.compile(r"[<>\s]")
+
+
 def _has_control(text: str) -> bool:
-    return any(ord(c) < 32 or ord(c) == 127 for c in text)
+    return _CONTROL_RE.search(text) is not None
 
 
 def check_address(address: str) -> tuple[str, str]:
@@ -246,11 +252,7 @@ def check_address(address: str) -> tuple[str, str]:
         path_bytes = len(address.encode("utf-8")) + 2
     except UnicodeEncodeError:  # lone surrogates
         raise AddressError("Address is not valid Unicode", address)
-    if address.isascii():
-        # The common case: one C-level scan for anything unusual.
-        if _has_control(address):
-            raise AddressError("Control character in address", address)
-    elif _has_control(address) or any(c in "\u0085\u2028\u2029" for c in address):
+    if _has_control(address):
         raise AddressError("Control character in address", address)
     if address.startswith('"'):
         end = _find_quoted_end(address)
@@ -264,9 +266,8 @@ def check_address(address: str) -> tuple[str, str]:
         if not at:
             local, domain = address, ""
         unquoted = address
-    for char in unquoted:
-        if char in "<>" or char.isspace():
-            raise AddressError("Unquoted <, > or whitespace in address", address)
+    if _UNQUOTED_BAD_RE.search(unquoted) is not None:
+        raise AddressError("Unquoted <, > or whitespace in address", address)
     if len(local.encode("utf-8")) > MAX_LOCAL_PART_BYTES:
         raise AddressError("Local part longer than 64 octets", address)
     if len(domain.encode("utf-8")) > MAX_DOMAIN_BYTES:
