@@ -242,6 +242,25 @@ def test_success_reply_with_command(
     assert reply.command == b"DATA"
 
 
+@pytest.mark.parametrize(
+    ("header", "kind"),
+    [
+        ('550; message="5.7.1 Go away"', SmtpPermanentRelayError),
+        ('452; message="4.2.2 Mailbox full"', SmtpTransientRelayError),
+    ],
+)
+def test_error_reply_on_2xx_status_is_not_delivered(
+    wsgi_server: Callable[..., WsgiServer],
+    new_relay: Callable[..., HttpRelay],
+    header: str,
+    kind: type,
+) -> None:
+    server = wsgi_server(answer("200 OK", [("X-Smtp-Reply", header)]))
+    exc = attempt_error(new_relay(server.url), make_envelope())
+    assert isinstance(exc, kind)
+    assert exc.reply.code == header[:3]
+
+
 def test_transient_reply_header(
     wsgi_server: Callable[..., WsgiServer], new_relay: Callable[..., HttpRelay]
 ) -> None:

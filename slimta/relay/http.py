@@ -9,7 +9,9 @@ The server's answer becomes the delivery result:
 
 * an ``X-Smtp-Reply`` header, such as ``250; message="2.0.0 Ok"`` or
   ``550; message="5.1.1 No such user"; command="RCPT"``, gives the
-  :class:`~slimta.smtp.reply.Reply` (2xx status) or the error (other statuses);
+  :class:`~slimta.smtp.reply.Reply` on a 2xx status, while a 4xx or 5xx reply
+  is raised as the matching error whatever the status (so an error is never
+  reported as delivered);
 * without that header, any 2xx status is success, a 4xx status a
   :class:`~slimta.relay.PermanentRelayError` and anything else a
   :class:`~slimta.relay.TransientRelayError`;
@@ -461,10 +463,12 @@ class HttpRelayClient(RelayPoolClient):
         reply = None
         if answer.reply_header is not None:
             reply = self._parse_smtp_reply_header(answer.reply_header)
-        if 200 <= answer.status < 300:
-            return reply
+        # An error reply is an error whatever the HTTP status says: a 2xx status
+        # carrying "550 ..." must not be reported (and dequeued) as delivered.
         if reply is not None and reply.is_error():
             raise SmtpRelayError.factory(reply)
+        if 200 <= answer.status < 300:
+            return reply
         reason = answer.reason or str(answer.status)
         if 400 <= answer.status < 500:
             raise PermanentRelayError(reason)
