@@ -10,8 +10,10 @@ bounded memory.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import random
+import re
 import ssl
 import time
 from collections import OrderedDict
@@ -228,11 +230,24 @@ class MxRecord:
 def _domain_of(recipient: str) -> str | None:
     """The routing domain of ``recipient``: a lower-case A-label, or an address literal."""
     _, at, domain = recipient.rpartition("@")
+    if not at:
+        return None
+    return _routing_domain(domain)
+
+
+# A plain ASCII host name needs no IDNA work: most domains take this path.
+_LDH_RE = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)(?:\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*\.?$")
+
+
+@functools.lru_cache(maxsize=4096)
+def _routing_domain(domain: str) -> str | None:
     domain = domain.strip()
-    if not at or not domain or any(c.isspace() or c < " " or c in '\\"' for c in domain):
+    if not domain or any(c.isspace() or c < " " or c in '\\"' for c in domain):
         return None
     if domain.startswith("[") and domain.endswith("]"):
         return domain.lower()
+    if len(domain) <= 254 and _LDH_RE.match(domain):
+        return domain.rstrip(".").lower()
     try:
         name = dns.name.from_text(domain.rstrip("."), origin=dns.name.root)
         text = name.to_text(omit_final_dot=True)
