@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import collections
-from collections.abc import Iterable
 from typing import Any, TypeVar
 
 from gevent.lock import Semaphore
@@ -24,41 +23,41 @@ class BlockingDeque(collections.deque):
         super().__init__(*args, **kwargs)
         self.sema = Semaphore(len(self))
 
-    def append(self, x: Any) -> None:
-        super().append(x)
+    def append(self, *args: Any, **kwargs: Any) -> None:
+        super().append(*args, **kwargs)
         self.sema.release()
 
-    def appendleft(self, x: Any) -> None:
-        super().appendleft(x)
+    def appendleft(self, *args: Any, **kwargs: Any) -> None:
+        super().appendleft(*args, **kwargs)
         self.sema.release()
 
-    def extend(self, iterable: Iterable[Any]) -> None:
-        items = list(iterable)
-        super().extend(items)
-        for _ in items:
+    def extend(self, *args: Any, **kwargs: Any) -> None:
+        before = len(self)
+        super().extend(*args, **kwargs)
+        for _ in range(len(self) - before):
             self.sema.release()
 
-    def extendleft(self, iterable: Iterable[Any]) -> None:
-        items = list(iterable)
-        super().extendleft(items)
-        for _ in items:
+    def extendleft(self, *args: Any, **kwargs: Any) -> None:
+        before = len(self)
+        super().extendleft(*args, **kwargs)
+        for _ in range(len(self) - before):
             self.sema.release()
 
-    def clear(self) -> None:
+    def clear(self, *args: Any, **kwargs: Any) -> None:
         while self.sema.acquire(blocking=False):
             pass
-        super().clear()
+        super().clear(*args, **kwargs)
 
-    def remove(self, value: Any) -> None:
-        super().remove(value)
+    def remove(self, *args: Any, **kwargs: Any) -> None:
+        super().remove(*args, **kwargs)
         self.sema.acquire(blocking=False)
 
-    def pop(self) -> Any:  # type: ignore[override]
+    def pop(self, *args: Any, **kwargs: Any) -> Any:
         """Remove and return the rightmost item, waiting for one if needed."""
         self.sema.acquire()
-        return super().pop()
+        return super().pop(*args, **kwargs)
 
-    def popleft(self) -> Any:
+    def popleft(self, *args: Any, **kwargs: Any) -> Any:
         """Remove and return the leftmost item, waiting for one if needed."""
         self.sema.acquire()
-        return super().popleft()
+        return super().popleft(*args, **kwargs)
