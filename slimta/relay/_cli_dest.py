@@ -35,7 +35,7 @@ from gevent import socket
 from slimta.relay import Relay
 from slimta.relay._cli_transcript import Transcript, TranscriptHttpRelay, relay_client_class
 from slimta.relay.http import HttpRelay
-from slimta.relay.pipe import DovecotLdaRelay, MaildropRelay, PipeRelay
+from slimta.relay.pipe import MACRO_NAMES, DovecotLdaRelay, MaildropRelay, PipeRelay
 from slimta.relay.pool import RelayPool
 from slimta.relay.smtp.mx import MxSmtpRelay
 from slimta.relay.smtp.static import StaticLmtpRelay, StaticSmtpRelay
@@ -43,18 +43,7 @@ from slimta.relay.smtp.static import StaticLmtpRelay, StaticSmtpRelay
 __all__ = ["Destination", "RelayOptions", "UsageError", "build_relay", "finish", "parse_via"]
 
 #: The macros a ``pipe:`` command may use (see :class:`~slimta.relay.pipe.PipeRelay`).
-PIPE_MACROS = frozenset(
-    (
-        "sender",
-        "recipient",
-        "message_id",
-        "client_ip",
-        "client_host",
-        "client_ehlo",
-        "client_protocol",
-        "client_auth",
-    )
-)
+PIPE_MACROS = frozenset(MACRO_NAMES)
 #: Where Debian installs dovecot-lda, which is not on ``PATH``.
 DOVECOT_LDA_FALLBACK = "/usr/lib/dovecot/dovecot-lda"
 

@@ -84,7 +84,8 @@ _MAILDROP_PREFIX_RE = re.compile(r"(?:[^\s:]*/)?maildrop: ")
 _RESERVED_POPEN_KWARGS = frozenset(
     ("stdin", "stdout", "stderr", "text", "universal_newlines", "encoding", "errors")
 )
-_MACRO_NAMES = (
+#: The macros an argument may use; ``str.format`` fills them per attempt.
+MACRO_NAMES = (
     "sender",
     "recipient",
     "message_id",
