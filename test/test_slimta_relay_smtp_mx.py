@@ -10,6 +10,7 @@ import socket
 import uuid
 
 import gevent
+import pycares
 import pytest
 from gevent.socket import create_connection
 
@@ -134,7 +135,9 @@ def test_ttl_expiry_triggers_a_new_lookup(dns_server, dns_resolver, monkeypatch)
     record = MxRecord(domain)
     with gevent.Timeout(GUARD_SECONDS):
         record.get()
-        now[0] += 29
+        # pycares 4 reports no TTL for MX answers: those count as 300 seconds.
+        ttl = 300 if pycares.__version__.startswith("4.") else 30
+        now[0] += ttl - 1
         record.get()
         assert len(lookups) == 1 and not record.expired
         now[0] += 2  # the TTL passes
