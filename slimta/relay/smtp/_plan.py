@@ -69,6 +69,8 @@ def plan_transaction(
         else:
             refused.setdefault(rcpt, SmtpRelayError.factory(problem))
     if not recipients:
+        if not refused:  # an envelope without recipients: nothing can be sent
+            raise SmtpPermanentRelayError(Reply("554", "5.5.1 No valid recipients", b"RCPT"))
         raise next(iter(refused.values()))  # all refused here, all permanent
     smtputf8 = utf8_ok and not (sender.isascii() and all(r.isascii() for r in recipients))
 

@@ -35,7 +35,9 @@ from slimta.relay import (
     RelayResult,
     TransientRelayError,
 )
+from slimta.relay.smtp import SmtpRelayError
 from slimta.relay.smtp.static import StaticSmtpRelay
+from slimta.smtp._wire import AddressError, check_address
 from slimta.smtp.reply import Reply
 from slimta.util.dns import DNSError, DNSResolver
 
@@ -194,7 +196,8 @@ class MxRecord:
         try:
             answers = _wait(DNSResolver.query(self.domain, "MX"))
         except DNSError as exc:
-            if exc.errno == pycares.errno.ARES_ENOTFOUND:
+            if exc.errno in (pycares.errno.ARES_ENOTFOUND, pycares.errno.ARES_EBADNAME):
+                # No such domain, or a name DNS cannot even carry: both are final.
                 return [], _no_records(self.domain), negative
             if exc.errno != pycares.errno.ARES_ENODATA:
                 return [], exc, transient
@@ -225,6 +228,20 @@ class MxRecord:
         if failure is not None:
             return [], failure, transient
         return [], _no_records(self.domain), negative
+
+
+def _address_refusal(recipient: str) -> SmtpRelayError | None:
+    """Refuse a recipient the SMTP client would never send (API D9), before any DNS.
+
+    Its domain is not a routing question: ``user@host>`` or an address with CR/LF
+    in the local part would otherwise reach DNS, fail there as a malformed name and
+    be retried as a transient DNS failure.
+    """
+    try:
+        check_address(recipient)
+    except AddressError as exc:
+        return SmtpRelayError.factory(Reply("501", f"5.1.3 {exc.args[0]}", b"RCPT"))
+    return None
 
 
 def _domain_of(recipient: str) -> str | None:
@@ -379,6 +396,10 @@ class MxSmtpRelay(Relay):
         groups: dict[str, list[str]] = {}
         failed: dict[str, RelayError] = {}
         for rcpt in envelope.recipients:
+            refusal = _address_refusal(rcpt)
+            if refusal is not None:
+                failed.setdefault(rcpt, refusal)
+                continue
             domain = _domain_of(rcpt)
             if domain is None:
                 failed.setdefault(rcpt, NoDomainError(rcpt))
