@@ -162,3 +162,28 @@ def test_plain_server_behind_implicit_tls_port(
     assert all(not line.startswith((b"MAIL", b"RCPT")) for line in server.sessions[0].commands)
 
 
+
+
+def test_opportunistic_fallback_never_sends_credentials_in_clear(
+    fast_fault_server: Callable[..., FaultServer], tls_cert: Any
+) -> None:
+    # Without tls_required, a failed handshake is retried once in clear; with
+    # credentials set (and no allow_insecure_auth) that retry must stop at AUTH.
+    server = _tls_server(fast_fault_server, tls_cert)
+    before = resources()
+    relay = StaticSmtpRelay("localhost", server.address[1], pool_size=1, connect_timeout=5.0,
+                            command_timeout=5.0, ehlo_as="relay.test",
+                            credentials=("user", "secret"),
+                            socket_creator=lambda _a: gevent.socket.create_connection(
+                                server.address))
+    try:
+        outcome = timed_attempt(relay, make_envelope())
+    finally:
+        relay.kill()
+    assert_relay_error(outcome.error, False, "454", "4.7.0", b"AUTH")
+    server.wait_closed()
+    first, second = server.sessions
+    assert first.commands == [b"EHLO relay.test", b"STARTTLS"]
+    assert second.commands == [b"EHLO relay.test", b"QUIT"]
+    assert not any(b"secret" in line or b"AUTH" in line for line in second.commands)
+    assert_no_leaks(before)

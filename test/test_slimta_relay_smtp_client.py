@@ -589,10 +589,26 @@ def test_starttls_handshake_failure(fault_server: Any, tls_cert: Any) -> None:
     # The default context does not trust the self-signed certificate.
     untrusting = gevent.ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     untrusting.load_default_certs()
-    error = fails(server.address, make_envelope(), context=untrusting)
+    error = fails(server.address, make_envelope(), context=untrusting, tls_required=True)
     expect(error, SmtpTransientRelayError, "421", "4.7.0", b"STARTTLS")
     server.wait_closed()
     assert b"MAIL" not in server.sessions[0].verbs()
+
+
+def test_opportunistic_handshake_failure_retries_once_in_clear(
+    fault_server: Any, tls_cert: Any
+) -> None:
+    server = fault_server(
+        extensions=["PIPELINING", "STARTTLS"], tls_context=tls_cert.gevent_server_context()
+    )
+    untrusting = gevent.ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    untrusting.load_default_certs()
+    result = run(server.address, make_envelope(), context=untrusting)
+    assert isinstance(result["rcpt@example.test"], Reply)
+    server.wait_closed()
+    first, second = server.sessions
+    assert first.verbs() == [b"EHLO", b"STARTTLS"] and not first.tls
+    assert second.verbs()[:2] == [b"EHLO", b"MAIL"] and not second.tls
 
 
 def test_tls_immediately(fault_server: Any, tls_cert: Any) -> None:

@@ -44,6 +44,10 @@ class _Requeue(Exception):
     """The reused connection went away before the server saw the message."""
 
 
+class _ClearTextRetry(Exception):
+    """An opportunistic STARTTLS handshake failed: retry once, in clear."""
+
+
 @functools.lru_cache(maxsize=1)
 def _local_fqdn() -> str:
     # The host's name does not change while we run; resolving it once keeps a
@@ -89,6 +93,9 @@ class SmtpRelayClient(RelayPoolClient):
     :param auth_mechanism: forces a SASL mechanism, e.g. ``'CRAM-MD5'``.
     :param tls_immediately: start TLS on connect (port 465 style).
     :param tls_required: deliver only over TLS; otherwise fail ``421 4.7.0``.
+        Without it, STARTTLS is used when offered, and when its handshake fails
+        (say, an untrusted certificate) the message goes in clear on a fresh
+        connection, once (RFC 3207 opportunistic TLS).
     :param connect_timeout: seconds to connect.
     :param command_timeout: seconds for each command and its reply.
     :param data_timeout: seconds to send the message and read the final
@@ -147,6 +154,8 @@ class SmtpRelayClient(RelayPoolClient):
         self._needs_rset = False
         # Whether MAIL carries AUTH=<> when AUTH is advertised (Compat).
         self._auth_param = True
+        # Set after an opportunistic STARTTLS handshake failed: skip STARTTLS.
+        self._clear_text_only = False
 
     # -- session ---------------------------------------------------------------
     def _run(self) -> None:
@@ -154,8 +163,18 @@ class SmtpRelayClient(RelayPoolClient):
         if result is None or envelope is None:
             return
         try:
-            self._connect()
-            self._handshake()
+            try:
+                self._connect()
+                self._handshake()
+            except _ClearTextRetry:
+                # TLS was only opportunistic and its handshake failed (often a
+                # self-signed or expired certificate): RFC 3207 lets delivery go
+                # on without TLS, on a fresh connection since this one is broken.
+                self._usable = False
+                self._disconnect()
+                self._clear_text_only = True
+                self._connect()
+                self._handshake()
             reused = False
             while True:
                 if reused and self._server_has_spoken():
@@ -267,9 +286,16 @@ class SmtpRelayClient(RelayPoolClient):
                 self.current_command = b"STARTTLS"
                 raise TlsFailure("STARTTLS not offered by the server")
             return
+        if self._clear_text_only:
+            return
         self.current_command = b"STARTTLS"
-        with gevent.Timeout(self.command_timeout):
-            reply = self.client.starttls(self._tls_context())
+        try:
+            with gevent.Timeout(self.command_timeout):
+                reply = self.client.starttls(self._tls_context())
+        except ssl.SSLError:
+            if self.tls_required:
+                raise
+            raise _ClearTextRetry()
         if reply.code != "220":
             if self.tls_required:
                 raise TlsFailure(f"STARTTLS refused: {reply}")
