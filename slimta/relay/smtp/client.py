@@ -74,7 +74,30 @@ def default_socket_creator(address: Address) -> socket.socket:
     host = address[0]
     if isinstance(host, str) and host.startswith("/"):
         return _connect_unix(address)
-    return socket.create_connection(address)
+    family = _ip_family(host)
+    if family is None:
+        return socket.create_connection(address)
+    # An address literal needs no getaddrinfo (which gevent runs in a thread).
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.connect(address)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _ip_family(host: object) -> int | None:
+    """``AF_INET``/``AF_INET6`` when ``host`` is an IP address literal, else None."""
+    if not isinstance(host, str):
+        return None
+    for family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            socket.inet_pton(family, host)
+        except (OSError, ValueError):
+            continue
+        return family
+    return None
 
 
 class SmtpRelayClient(RelayPoolClient):
