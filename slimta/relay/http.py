@@ -29,28 +29,34 @@ from __future__ import annotations
 
 import base64
 import functools
-import io
 import logging
 import re
-import select
-import socket
 import ssl
 from collections.abc import Callable
 from http import client as _client
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import gevent
 import gevent.socket
-import gevent.ssl
 from gevent.event import AsyncResult
 
 from slimta.http import HTTPConnection, HTTPSConnection, get_connection
 from slimta.logging import getHttpLogger
 from slimta.relay import PermanentRelayError, RelayError, TransientRelayError
+from slimta.relay._http_client import (
+    Answer,
+    TrackedResponse,
+    Tracker,
+    config_error,
+    failure_error,
+    is_disconnect,
+    is_stale,
+    transient,
+)
 from slimta.relay.pool import RelayPool, RelayPoolClient
 from slimta.relay.smtp import SmtpRelayError
-from slimta.smtp.reply import Reply, connection_failed, timed_out, tls_failure
+from slimta.smtp.reply import Reply, timed_out
 
 if TYPE_CHECKING:
     from slimta.envelope import Envelope
@@ -135,104 +141,6 @@ class HttpRelay(RelayPool):
         return self._default_ehlo
 
 
-class _Tracker:
-    """Counts the response bytes received for one request."""
-
-    __slots__ = ("received",)
-
-    def __init__(self) -> None:
-        self.received = 0
-
-
-class _CountingReader(io.RawIOBase):
-    """The raw stream under an :class:`http.client.HTTPResponse`, counting bytes."""
-
-    def __init__(self, sock: Any, tracker: _Tracker) -> None:
-        super().__init__()
-        self._sock = sock
-        self._tracker = tracker
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        count: int = self._sock.recv_into(buffer)
-        self._tracker.received += count
-        return count
-
-
-class _CountingSocket:
-    """Hands :class:`http.client.HTTPResponse` a counting ``makefile``."""
-
-    def __init__(self, sock: Any, tracker: _Tracker) -> None:
-        self._sock = sock
-        self._tracker = tracker
-
-    def makefile(self, mode: str = "rb", *args: Any, **kwargs: Any) -> io.BufferedReader:
-        # Closing this reader leaves the socket alone: the connection owns it.
-        return io.BufferedReader(_CountingReader(self._sock, self._tracker))
-
-
-class _TrackedResponse(_client.HTTPResponse):
-    def __init__(
-        self,
-        sock: Any,
-        debuglevel: int = 0,
-        method: str | None = None,
-        url: str | None = None,
-        *,
-        tracker: _Tracker,
-    ) -> None:
-        super().__init__(_CountingSocket(sock, tracker), debuglevel, method, url)  # type: ignore[arg-type]
-
-
-class _Answer:
-    """What is kept of a response once it has been read."""
-
-    __slots__ = ("status", "reason", "reply_header")
-
-    def __init__(self, status: int, reason: str, reply_header: str | None) -> None:
-        self.status = status
-        self.reason = reason
-        self.reply_header = reply_header
-
-
-def _transient(reply: Reply, detail: str) -> TransientRelayError:
-    return TransientRelayError(detail, Reply().copy(reply))
-
-
-def _config_error(detail: str) -> TransientRelayError:
-    # RFC 3463 X.3.5: "System incorrectly configured". Transient, so nothing is
-    # lost while the configuration is fixed.
-    return TransientRelayError(detail, Reply("451", "4.3.5 " + detail))
-
-
-def _failure_error(exc: BaseException) -> TransientRelayError:
-    """Map a transport-level exception to the error the caller receives."""
-    if isinstance(exc, ssl.SSLError | ssl.CertificateError):
-        return _transient(tls_failure, f"TLS failure: {exc}")
-    if isinstance(exc, socket.timeout):
-        return _transient(timed_out, f"Timed out: {exc}")
-    if isinstance(exc, OSError):
-        return _transient(connection_failed, f"Connection failed: {exc!r}")
-    if isinstance(exc, _client.InvalidURL):
-        return _config_error(f"Invalid relay URL: {exc}")
-    if isinstance(exc, _client.HTTPException):
-        detail = f"Malformed HTTP response: {exc!r}"
-        return TransientRelayError(detail, Reply("451", "4.3.0 " + detail))
-    detail = f"Unhandled error: {exc!r}"
-    return TransientRelayError(detail, Reply("451", "4.3.0 " + detail))
-
-
-def _is_disconnect(exc: BaseException) -> bool:
-    """True for errors meaning the peer closed or reset the connection."""
-    if isinstance(exc, ssl.SSLEOFError | ssl.SSLZeroReturnError):
-        return True
-    return isinstance(
-        exc, ConnectionResetError | BrokenPipeError | ConnectionAbortedError
-    ) or isinstance(exc, _client.RemoteDisconnected)
-
-
 def _b64(value: str) -> str:
     return base64.b64encode(value.encode("utf-8", "surrogatepass")).decode("ascii")
 
@@ -266,7 +174,7 @@ class HttpRelayClient(RelayPoolClient):
         # Complete exchanges on the current connection; > 0 means "reused".
         self._served = 0
         # The status and headers of the response being read, once they arrived.
-        self._answer: _Answer | None = None
+        self._answer: Answer | None = None
 
     # -- greenlet body ---------------------------------------------------------
     def _run(self) -> None:
@@ -294,7 +202,7 @@ class HttpRelayClient(RelayPoolClient):
         except Exception as exc:  # the invariant: the request is always resolved
             log.exception("unexpected error relaying %r", envelope)
             self._close()
-            result.set_exception(_failure_error(exc))
+            result.set_exception(failure_error(exc))
         else:
             result.set(outcome)
         finally:
@@ -314,25 +222,25 @@ class HttpRelayClient(RelayPoolClient):
                 raise
             self._close()
             if self._answer is None:
-                raise _transient(timed_out, "Timed out relaying the message")
+                raise transient(timed_out, "Timed out relaying the message")
             answer = self._answer  # only the body was late: the answer stands
         except (OSError, _client.HTTPException) as exc:
             self._close()
             if self._answer is None:
-                raise _failure_error(exc)
+                raise failure_error(exc)
             answer = self._answer
         finally:
             timer.close()
             self._answer = None
         return self._process_answer(answer)
 
-    def _exchange(self, envelope: Envelope, header_data: bytes, body: bytes) -> _Answer:
+    def _exchange(self, envelope: Envelope, header_data: bytes, body: bytes) -> Answer:
         reused = self._ensure_connection()
-        tracker = _Tracker()
+        tracker = Tracker()
         try:
             return self._send_and_receive(envelope, header_data, body, tracker)
         except (OSError, _client.HTTPException) as exc:
-            if not (reused and tracker.received == 0 and _is_disconnect(exc)):
+            if not (reused and tracker.received == 0 and is_disconnect(exc)):
                 raise
             # The server dropped the kept-alive connection before answering:
             # the request went nowhere, so one more try on a fresh connection
@@ -340,22 +248,22 @@ class HttpRelayClient(RelayPoolClient):
             log.debug("retrying on a fresh connection after %r", exc)
             self._close()
         self._ensure_connection()
-        return self._send_and_receive(envelope, header_data, body, _Tracker())
+        return self._send_and_receive(envelope, header_data, body, Tracker())
 
     def _ensure_connection(self) -> bool:
         """Open a connection unless a usable one is kept; True when reusing."""
         if self.conn is not None:
-            if not _is_stale(self.conn.sock):
+            if not is_stale(self.conn.sock):
                 return True
             log.debug("kept-alive connection closed by the server, reconnecting")
             self._close()
         ehlo_as = self.relay._get_ehlo_as()
         if not isinstance(ehlo_as, str) or _CONTROL_RE.search(ehlo_as):
-            raise _config_error(f"Invalid ehlo_as value: {ehlo_as!r}")
+            raise config_error(f"Invalid ehlo_as value: {ehlo_as!r}")
         try:
             ehlo_as.encode("latin-1")
         except UnicodeEncodeError:
-            raise _config_error(f"ehlo_as is not Latin-1: {ehlo_as!r}")
+            raise config_error(f"ehlo_as is not Latin-1: {ehlo_as!r}")
         self.ehlo_as = ehlo_as
         conn = get_connection(self.url, self.relay.context)
         self.conn = conn
@@ -381,12 +289,12 @@ class HttpRelayClient(RelayPoolClient):
         return headers
 
     def _send_and_receive(
-        self, envelope: Envelope, header_data: bytes, body: bytes, tracker: _Tracker
-    ) -> _Answer:
+        self, envelope: Envelope, header_data: bytes, body: bytes, tracker: Tracker
+    ) -> Answer:
         conn = self.conn
         assert conn is not None
         conn.response_class = functools.partial(  # type: ignore[assignment]
-            _TrackedResponse, tracker=tracker
+            TrackedResponse, tracker=tracker
         )
         target = self._request_target()
         headers = self._build_headers(envelope, len(header_data) + len(body))
@@ -401,7 +309,7 @@ class HttpRelayClient(RelayPoolClient):
             conn.send(body)
         response = conn.getresponse()
         http_log.response(conn, response.status, response.getheaders())
-        answer = _Answer(response.status, response.reason, response.getheader(SMTP_REPLY_HEADER))
+        answer = Answer(response.status, response.reason, response.getheader(SMTP_REPLY_HEADER))
         # From here the outcome is known; failing to read the rest of the body
         # only costs the connection, never the answer.
         self._answer = answer
@@ -459,7 +367,7 @@ class HttpRelayClient(RelayPoolClient):
         except ValueError:  # not a valid SMTP code, e.g. 600
             return None
 
-    def _process_answer(self, answer: _Answer) -> Reply | None:
+    def _process_answer(self, answer: Answer) -> Reply | None:
         reply = None
         if answer.reply_header is not None:
             reply = self._parse_smtp_reply_header(answer.reply_header)
@@ -473,19 +381,3 @@ class HttpRelayClient(RelayPoolClient):
         if 400 <= answer.status < 500:
             raise PermanentRelayError(reason)
         raise TransientRelayError(reason)
-
-
-def _is_stale(sock: Any) -> bool:
-    """True when an idle kept-alive socket is unusable (closed, or unexpected data).
-
-    A zero-timeout poll: it never waits.
-    """
-    if sock is None:
-        return True
-    if isinstance(sock, gevent.ssl.SSLSocket) and sock.pending():
-        return True
-    try:
-        readable, _, _ = select.select([sock], [], [], 0)
-    except (OSError, ValueError):
-        return True
-    return bool(readable)

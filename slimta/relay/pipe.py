@@ -27,28 +27,32 @@ These failures are permanent: the same envelope would be refused again.
 
 from __future__ import annotations
 
-import errno
 import logging
-import os
 import re
-import signal
 import string
-import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
 
-import gevent
-import gevent.subprocess
-from gevent.subprocess import PIPE
+from slimta.relay import Relay, RelayError, RelayResult
 
-from slimta.logging import getSubprocessLogger
-from slimta.relay import (
-    PermanentRelayError,
-    Relay,
-    RelayError,
-    RelayResult,
-    TransientRelayError,
+# Running the program and building the errors live in private modules; the
+# constants stay importable from here, where they have always been.
+from slimta.relay._pipe_errors import MAX_REPLY_TEXT_CHARS as MAX_REPLY_TEXT_CHARS
+from slimta.relay._pipe_errors import (
+    as_text,
+    config_error,
+    internal_error,
+    lda_failure,
+    permanent,
+    refused_macro,
+    timeout_error,
+    transient,
 )
+from slimta.relay._process import IO_CHUNK_BYTES as IO_CHUNK_BYTES
+from slimta.relay._process import KILL_REAP_TIMEOUT_SECONDS as KILL_REAP_TIMEOUT_SECONDS
+from slimta.relay._process import MAX_CAPTURE_BYTES as MAX_CAPTURE_BYTES
+from slimta.relay._process import Deadline, run_process
+from slimta.relay._process import subprocess_log as subprocess_log
 from slimta.smtp.reply import Reply
 
 if TYPE_CHECKING:
@@ -57,25 +61,9 @@ if TYPE_CHECKING:
 __all__ = ["PipeRelay", "MaildropRelay", "DovecotLdaRelay"]
 
 log = logging.getLogger(__name__)
-subprocess_log = getSubprocessLogger(__name__)
-
-#: The most bytes of standard output, and of standard error, kept per process.
-#: Output beyond this is read and discarded, so the program never blocks on it.
-MAX_CAPTURE_BYTES = 64 * 1024
-#: The size of each write to the program's standard input and each read from it.
-IO_CHUNK_BYTES = 64 * 1024
-#: How long to wait for a killed process to be reaped.
-KILL_REAP_TIMEOUT_SECONDS = 5.0
-#: The most characters of program output put into a reply's text.
-MAX_REPLY_TEXT_CHARS = 512
-
-#: sysexits.h ``EX_NOUSER`` and ``EX_NOHOST``, given their RFC 3463 status.
-_SYSEXIT_ESC = {67: "5.1.1", 68: "5.1.2"}
 
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
-_CONTROL_RUN_RE = re.compile(r"[\x00-\x20\x7f]+")
 _PERMANENT_TEXT_RE = re.compile(r"5\.[0-9]{1,3}\.[0-9]{1,3}\s")
-_ESC_TEXT_RE = re.compile(r"[245]\.[0-9]{1,3}\.[0-9]{1,3}\s")
 _FOLDING_RE = re.compile(r"[ \t\r\n]+")
 # maildrop prefixes its messages with its argv[0]: "maildrop: " or "/usr/bin/maildrop: ".
 _MAILDROP_PREFIX_RE = re.compile(r"(?:[^\s:]*/)?maildrop: ")
@@ -95,141 +83,6 @@ MACRO_NAMES = (
     "client_protocol",
     "client_auth",
 )
-
-
-# -- replies -----------------------------------------------------------------------
-def _as_text(value: str | bytes | None) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, bytes | bytearray | memoryview):
-        return bytes(value).decode("utf-8", "replace")
-    return str(value)
-
-
-def _reply_text(text: str) -> str:
-    """Program output made fit for one reply line: no controls, bounded length."""
-    return _CONTROL_RUN_RE.sub(" ", text).strip()[:MAX_REPLY_TEXT_CHARS]
-
-
-def _permanent(text: str, esc: str | None = None) -> PermanentRelayError:
-    message = _reply_text(text)
-    if esc and not _ESC_TEXT_RE.match(message + " "):
-        message = f"{esc} {message}"
-    return PermanentRelayError(text, Reply("550", message))
-
-
-def _transient(text: str, esc: str | None = None) -> TransientRelayError:
-    message = _reply_text(text)
-    if esc:
-        message = f"{esc} {message}"
-    return TransientRelayError(text, Reply("450", message))
-
-
-def _timeout_error() -> TransientRelayError:
-    return TransientRelayError("Delivery timed out", Reply("450", "4.4.2 Delivery timed out"))
-
-
-def _internal_error(detail: str) -> TransientRelayError:
-    return TransientRelayError(detail, Reply("450", "4.3.0 " + _reply_text(detail)))
-
-
-def _config_error(detail: str) -> TransientRelayError:
-    # RFC 3463 X.3.5 "System incorrectly configured": retried once fixed.
-    return TransientRelayError(detail, Reply("451", "4.3.5 " + _reply_text(detail)))
-
-
-def _refused_macro(name: str, why: str) -> PermanentRelayError:
-    if name == "sender":
-        code, esc, what = "501", "5.1.7", "Sender address"
-    elif name == "recipient":
-        code, esc, what = "501", "5.1.3", "Recipient address"
-    else:
-        code, esc, what = "501", "5.5.4", f"The {name} value"
-    detail = f"{what} refused by the delivery program's policy: {why}"
-    return PermanentRelayError(detail, Reply(code, f"{esc} {detail}"))
-
-
-# -- the deadline ---------------------------------------------------------------------
-class _Deadline:
-    """The time left for the whole attempt (``None``: unlimited)."""
-
-    def __init__(self, timeout: float | None) -> None:
-        self.timeout = timeout
-        self._end = None if timeout is None else _now() + timeout
-
-    def remaining(self) -> float | None:
-        if self._end is None:
-            return None
-        return self._end - _now()
-
-
-def _now() -> float:
-    return time.monotonic()
-
-
-# -- the process -----------------------------------------------------------------------
-def _feed(stdin: Any, chunks: Sequence[bytes]) -> None:
-    """Write ``chunks`` to the child's stdin, then close it.
-
-    A child that exits without reading all of its input is not an error here:
-    its exit status says what happened.
-    """
-    try:
-        for data in chunks:
-            view = memoryview(data)
-            for start in range(0, len(view), IO_CHUNK_BYTES):
-                stdin.write(view[start : start + IO_CHUNK_BYTES])
-        stdin.flush()
-    except OSError as exc:
-        if exc.errno not in (errno.EPIPE, errno.ECONNRESET, errno.EBADF):
-            log.debug("error writing to the delivery program: %r", exc)
-    finally:
-        try:
-            stdin.close()
-        except OSError:
-            pass
-
-
-def _collect(stream: Any) -> bytes:
-    """Read ``stream`` to its end, keeping the first :data:`MAX_CAPTURE_BYTES`."""
-    kept = bytearray()
-    try:
-        while True:
-            data = stream.read(IO_CHUNK_BYTES)
-            if not data:
-                break
-            room = MAX_CAPTURE_BYTES - len(kept)
-            if room > 0:
-                kept += data[:room]
-    except (OSError, ValueError) as exc:
-        log.debug("error reading from the delivery program: %r", exc)
-    return bytes(kept)
-
-
-def _kill(proc: Any, own_group: bool) -> None:
-    """SIGKILL the child (and its process group when it leads one), then reap it."""
-    if own_group and proc.returncode is None:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-    try:
-        proc.kill()
-    except ProcessLookupError:
-        pass
-    try:
-        proc.wait(timeout=KILL_REAP_TIMEOUT_SECONDS)
-    except gevent.subprocess.TimeoutExpired:
-        log.error("delivery program %d did not die after SIGKILL", proc.pid)
-
-
-def _close_pipes(proc: Any) -> None:
-    for stream in (proc.stdin, proc.stdout, proc.stderr):
-        if stream is not None:
-            try:
-                stream.close()
-            except OSError:
-                pass
 
 
 class PipeRelay(Relay):
@@ -278,14 +131,14 @@ class PipeRelay(Relay):
         :raises TransientRelayError: (single mode only) the program failed for now,
             timed out, or could not be started.
         """
-        deadline = _Deadline(self.timeout)
+        deadline = Deadline(self.timeout)
         if self.per_recipient:
             return self._attempt_each(envelope, deadline)
         recipient = envelope.recipients[0] if envelope.recipients else ""
         self._deliver(envelope, self._flatten(envelope), recipient, deadline)
         return None
 
-    def _attempt_each(self, envelope: Envelope, deadline: _Deadline) -> RelayResult:
+    def _attempt_each(self, envelope: Envelope, deadline: Deadline) -> RelayResult:
         results: dict[str, Reply | RelayError | None] = {}
         recipients = list(dict.fromkeys(envelope.recipients))
         try:
@@ -306,19 +159,19 @@ class PipeRelay(Relay):
         try:
             return envelope.flatten()
         except Exception as exc:
-            raise _internal_error(f"Message could not be prepared: {exc}")
+            raise internal_error(f"Message could not be prepared: {exc}")
 
     def _deliver(
         self,
         envelope: Envelope,
         message: tuple[bytes, bytes],
         recipient: str,
-        deadline: _Deadline,
+        deadline: Deadline,
     ) -> None:
         argv = self._build_args(self._macros(envelope, recipient))
         remaining = deadline.remaining()
         if remaining is not None and remaining <= 0:
-            raise _timeout_error()
+            raise timeout_error()
         status, stdout, stderr = self._run_process(argv, message, remaining)
         if status == 0:
             return
@@ -328,8 +181,8 @@ class PipeRelay(Relay):
             raise
         except Exception as exc:
             log.exception("raise_error failed")
-            raise _internal_error(f"Delivery failed (exit status {status}): {exc}")
-        raise _internal_error(f"Delivery failed (exit status {status})")
+            raise internal_error(f"Delivery failed (exit status {status}): {exc}")
+        raise internal_error(f"Delivery failed (exit status {status})")
 
     # -- macros and arguments --------------------------------------------------------
     @staticmethod
@@ -366,11 +219,11 @@ class PipeRelay(Relay):
             fields = _field_names(template)
             for name in fields:
                 if name in macros and _CONTROL_RE.search(macros[name]):
-                    raise _refused_macro(name, "it contains control characters")
+                    raise refused_macro(name, "it contains control characters")
             try:
                 value = template.format_map(macros)
             except (KeyError, IndexError, ValueError, AttributeError) as exc:
-                raise _config_error(f"Bad argument template {template!r}: {exc!r}")
+                raise config_error(f"Bad argument template {template!r}: {exc!r}")
             if (
                 value.startswith("-")
                 and not template.startswith("-")
@@ -378,58 +231,20 @@ class PipeRelay(Relay):
                 and previous not in self.value_options
             ):
                 name = next((n for n in fields if macros.get(n, "").startswith("-")), fields[0])
-                raise _refused_macro(name, "it starts with '-' and could be read as an option")
+                raise refused_macro(name, "it starts with '-' and could be read as an option")
             argv.append(value)
             if template == "--":
                 after_double_dash = True
             previous = template
         if not argv:
-            raise _config_error("No command to run")
+            raise config_error("No command to run")
         return argv
 
     # -- the process ----------------------------------------------------------------
     def _run_process(
         self, argv: list[str], message: tuple[bytes, bytes], timeout: float | None
     ) -> tuple[int, bytes, bytes]:
-        kwargs = dict(self.popen_kwargs)
-        kwargs.setdefault("start_new_session", True)
-        kwargs.setdefault("close_fds", True)
-        own_group = bool(kwargs.get("start_new_session")) or kwargs.get("process_group") == 0
-        try:
-            proc = gevent.subprocess.Popen(argv, stdin=PIPE, stdout=PIPE, stderr=PIPE, **kwargs)
-        except (OSError, ValueError, gevent.subprocess.SubprocessError) as exc:
-            raise _internal_error(f"Could not start {argv[0]!r}: {exc}")
-        subprocess_log.popen(proc, argv)
-        timer = gevent.Timeout(timeout)
-        workers: list[gevent.Greenlet] = []
-        try:
-            timer.start()
-            workers = [
-                gevent.spawn(_feed, proc.stdin, message),
-                gevent.spawn(_collect, proc.stdout),
-                gevent.spawn(_collect, proc.stderr),
-            ]
-            status = proc.wait()
-            # A program that left children holding its output open is still
-            # running as far as we are concerned; the timer bounds this too.
-            for worker in workers:
-                worker.join()
-            stdout, stderr = workers[1].value or b"", workers[2].value or b""
-        except gevent.Timeout as exc:
-            if exc is not timer:
-                raise
-            log.warning("delivery program %d timed out, killing it", proc.pid)
-            _kill(proc, own_group)
-            raise _timeout_error()
-        finally:
-            timer.close()
-            if proc.returncode is None:  # interrupted (relay killed): leave nothing
-                _kill(proc, own_group)
-            gevent.killall(workers)
-            _close_pipes(proc)
-        subprocess_log.stdio(proc, None, stdout, stderr)
-        subprocess_log.exit(proc)
-        return int(status), stdout, stderr
+        return run_process(argv, message, timeout, self.popen_kwargs)
 
     # -- failure ------------------------------------------------------------------------
     def raise_error(self, status: int, stdout: str | bytes, stderr: str | bytes) -> NoReturn:
@@ -448,10 +263,10 @@ class PipeRelay(Relay):
         :raises PermanentRelayError: when the text starts with ``5.X.X``.
         :raises TransientRelayError: otherwise.
         """
-        text = _as_text(stdout).rstrip() or _as_text(stderr).rstrip() or "Delivery failed"
+        text = as_text(stdout).rstrip() or as_text(stderr).rstrip() or "Delivery failed"
         if _PERMANENT_TEXT_RE.match(text):
-            raise _permanent(text)
-        raise _transient(text)
+            raise permanent(text)
+        raise transient(text)
 
 
 def _field_names(template: str) -> list[str]:
@@ -466,14 +281,6 @@ def _field_names(template: str) -> list[str]:
     except ValueError:
         pass  # reported when the template is expanded
     return names
-
-
-def _lda_failure(status: int, text: str, temp_fail: int) -> NoReturn:
-    if status < 0:
-        raise _transient(text, "4.3.0")
-    if status == temp_fail:
-        raise _transient(text)
-    raise _permanent(text, _SYSEXIT_ESC.get(status))
 
 
 class MaildropRelay(PipeRelay):
@@ -511,7 +318,7 @@ class MaildropRelay(PipeRelay):
         ``'Delivery failed'``. :attr:`EX_TEMPFAIL` and signals (``450 4.3.0``)
         are transient; every other status is a permanent ``550``.
         """
-        out, err = _as_text(stdout), _as_text(stderr)
+        out, err = as_text(stdout), as_text(stderr)
         for stream in (out, err):
             match = _MAILDROP_PREFIX_RE.match(stream)
             if match:
@@ -519,7 +326,7 @@ class MaildropRelay(PipeRelay):
                 break
         else:
             text = out.strip() or err.strip()
-        _lda_failure(status, text or "Delivery failed", self.EX_TEMPFAIL)
+        lda_failure(status, text or "Delivery failed", self.EX_TEMPFAIL)
 
 
 class DovecotLdaRelay(PipeRelay):
@@ -555,5 +362,5 @@ class DovecotLdaRelay(PipeRelay):
         (``450 4.3.0``) are transient; every other status is a permanent ``550``
         (``5.1.1`` for ``EX_NOUSER``, 67, when the output has no code of its own).
         """
-        text = _as_text(stdout).strip() or _as_text(stderr).strip() or "LDA delivery failed"
-        _lda_failure(status, text, self.EX_TEMPFAIL)
+        text = as_text(stdout).strip() or as_text(stderr).strip() or "LDA delivery failed"
+        lda_failure(status, text, self.EX_TEMPFAIL)

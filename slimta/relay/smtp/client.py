@@ -10,7 +10,6 @@ will send is decided first, without I/O, by :mod:`slimta.relay.smtp._plan`.
 
 from __future__ import annotations
 
-import functools
 import ssl
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Union
@@ -21,6 +20,13 @@ from gevent import socket
 from slimta.relay import RelayError, RelayResult
 from slimta.relay.pool import RelayPoolClient
 from slimta.relay.smtp import SmtpRelayError
+
+# How a connection is opened lives in a private module; these names stay
+# importable from here, where they have always been.
+from slimta.relay.smtp._connect import Address as Address
+from slimta.relay.smtp._connect import SocketCreator as SocketCreator
+from slimta.relay.smtp._connect import default_socket_creator as default_socket_creator
+from slimta.relay.smtp._connect import local_fqdn
 from slimta.relay.smtp._failures import Abort, TlsFailure, reply_for_exception, server_error
 from slimta.relay.smtp._plan import Plan, RcptOutcome, plan_transaction, raise_if_uniform
 from slimta.smtp import ConnectionLost
@@ -36,9 +42,8 @@ if TYPE_CHECKING:
 
 __all__ = ["SmtpRelayClient"]
 
-Address = tuple[str, int]
-SocketCreator = Callable[[Address], socket.socket]
 Credentials = Union[Iterable[str], Callable[[], Iterable[str]]]
+
 
 class _Requeue(Exception):
     """The reused connection went away before the server saw the message."""
@@ -46,58 +51,6 @@ class _Requeue(Exception):
 
 class _ClearTextRetry(Exception):
     """An opportunistic STARTTLS handshake failed: retry once, in clear."""
-
-
-@functools.lru_cache(maxsize=1)
-def _local_fqdn() -> str:
-    # The host's name does not change while we run; resolving it once keeps a
-    # reverse lookup off every new connection.
-    return socket.getfqdn()
-
-
-def _connect_unix(address: Address) -> socket.socket:
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        sock.connect(address[0])
-    except BaseException:
-        sock.close()
-        raise
-    return sock
-
-
-def default_socket_creator(address: Address) -> socket.socket:
-    """Connect to ``address``: a unix socket when the host is an absolute path.
-
-    :param address: ``(host, port)``; with a host such as ``'/run/lmtp'`` the
-        port is ignored.
-    """
-    host = address[0]
-    if isinstance(host, str) and host.startswith("/"):
-        return _connect_unix(address)
-    family = _ip_family(host)
-    if family is None:
-        return socket.create_connection(address)
-    # An address literal needs no getaddrinfo (which gevent runs in a thread).
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        sock.connect(address)
-    except BaseException:
-        sock.close()
-        raise
-    return sock
-
-
-def _ip_family(host: object) -> int | None:
-    """``AF_INET``/``AF_INET6`` when ``host`` is an IP address literal, else None."""
-    if not isinstance(host, str):
-        return None
-    for family in (socket.AF_INET, socket.AF_INET6):
-        try:
-            socket.inet_pton(family, host)
-        except (OSError, ValueError):
-            continue
-        return family
-    return None
 
 
 class SmtpRelayClient(RelayPoolClient):
@@ -267,7 +220,7 @@ class SmtpRelayClient(RelayPoolClient):
         if callable(name):
             name = name(self.address)
         if name is None:
-            name = _local_fqdn()
+            name = local_fqdn()
         if isinstance(name, bytes):
             name = name.decode("ascii", "replace")
         try:

@@ -10,19 +10,13 @@ bounded memory.
 
 from __future__ import annotations
 
-import functools
-import ipaddress
 import random
-import re
 import ssl
 import time
-from collections import OrderedDict
-from collections.abc import Callable, Hashable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Generic, TypeVar
+from typing import Any
 
-import dns.exception
-import dns.name
 import gevent
 import pycares
 from gevent.event import AsyncResult
@@ -35,9 +29,11 @@ from slimta.relay import (
     RelayResult,
     TransientRelayError,
 )
-from slimta.relay.smtp import SmtpRelayError
+from slimta.relay.smtp._domains import address_refusal as _address_refusal
+from slimta.relay.smtp._domains import domain_of as _domain_of
+from slimta.relay.smtp._domains import literal_host as _literal_host
+from slimta.relay.smtp._lru import LRU
 from slimta.relay.smtp.static import StaticSmtpRelay
-from slimta.smtp._wire import AddressError, check_address
 from slimta.smtp.reply import Reply
 from slimta.util.dns import DNSError, DNSResolver
 
@@ -57,9 +53,6 @@ _PRE_TRANSACTION_COMMANDS = frozenset(
     [b"[CONNECT]", b"[BANNER]", b"EHLO", b"HELO", b"LHLO", b"STARTTLS", b"AUTH"]
 )
 
-K = TypeVar("K", bound=Hashable)
-V = TypeVar("V")
-
 
 class NoDomainError(PermanentRelayError):
     """A recipient address without an ``@domain`` part.
@@ -75,40 +68,6 @@ class NoDomainError(PermanentRelayError):
 
 class NullMxError(ValueError):
     """The domain publishes a null MX (RFC 7505): it accepts no mail."""
-
-
-class _LRU(Generic[K, V]):
-    """A small least-recently-used map with a size bound and an eviction hook."""
-
-    def __init__(self, maxsize: int, on_evict: Callable[[K, V], None] | None = None) -> None:
-        self.maxsize = max(1, maxsize)
-        self.on_evict = on_evict
-        self._data: OrderedDict[K, V] = OrderedDict()
-
-    def get(self, key: K) -> V | None:
-        value = self._data.get(key)
-        if value is not None:
-            self._data.move_to_end(key)
-        return value
-
-    def put(self, key: K, value: V) -> None:
-        self._data[key] = value
-        self._data.move_to_end(key)
-        while len(self._data) > self.maxsize:
-            old_key, old_value = self._data.popitem(last=False)
-            if self.on_evict is not None:
-                self.on_evict(old_key, old_value)
-
-    def pop_all(self) -> list[V]:
-        values = list(self._data.values())
-        self._data.clear()
-        return values
-
-    def __len__(self) -> int:
-        return len(self._data)
-
-    def __contains__(self, key: object) -> bool:
-        return key in self._data
 
 
 def _ttl_of(answers: list[Any]) -> float:
@@ -230,60 +189,6 @@ class MxRecord:
         return [], _no_records(self.domain), negative
 
 
-def _address_refusal(recipient: str) -> SmtpRelayError | None:
-    """Refuse a recipient the SMTP client would never send (API D9), before any DNS.
-
-    Its domain is not a routing question: ``user@host>`` or an address with CR/LF
-    in the local part would otherwise reach DNS, fail there as a malformed name and
-    be retried as a transient DNS failure.
-    """
-    try:
-        check_address(recipient)
-    except AddressError as exc:
-        return SmtpRelayError.factory(Reply("501", f"5.1.3 {exc.args[0]}", b"RCPT"))
-    return None
-
-
-def _domain_of(recipient: str) -> str | None:
-    """The routing domain of ``recipient``: a lower-case A-label, or an address literal."""
-    _, at, domain = recipient.rpartition("@")
-    if not at:
-        return None
-    return _routing_domain(domain)
-
-
-# A plain ASCII host name needs no IDNA work: most domains take this path.
-_LDH_RE = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)(?:\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*\.?$")
-
-
-@functools.lru_cache(maxsize=4096)
-def _routing_domain(domain: str) -> str | None:
-    domain = domain.strip()
-    if not domain or any(c.isspace() or c < " " or c in '\\"' for c in domain):
-        return None
-    if domain.startswith("[") and domain.endswith("]"):
-        return domain.lower()
-    if len(domain) <= 254 and _LDH_RE.match(domain):
-        return domain.rstrip(".").lower()
-    try:
-        name = dns.name.from_text(domain.rstrip("."), origin=dns.name.root)
-        text = name.to_text(omit_final_dot=True)
-    except (dns.exception.DNSException, UnicodeError, ValueError):
-        return None
-    return text.lower() or None
-
-
-def _literal_host(domain: str) -> str | None:
-    """The IP address inside an address literal such as ``[192.0.2.1]``."""
-    inner = domain[1:-1]
-    if inner.lower().startswith("ipv6:"):
-        inner = inner[5:]
-    try:
-        return str(ipaddress.ip_address(inner))
-    except ValueError:
-        return None
-
-
 class MxSmtpRelay(Relay):
     """Delivers each recipient to the MX hosts of its domain, over SMTP on port 25.
 
@@ -318,8 +223,8 @@ class MxSmtpRelay(Relay):
         self.negative_ttl = negative_ttl
         self.max_mx_hosts = max(1, max_mx_hosts)
         self._force_mx: dict[str, tuple[str, int]] = {}
-        self._mx_records: _LRU[str, MxRecord] = _LRU(mx_cache_size)
-        self._relayers: _LRU[tuple[str, int], Relay] = _LRU(relay_cache_size, self._evicted)
+        self._mx_records: LRU[str, MxRecord] = LRU(mx_cache_size)
+        self._relayers: LRU[tuple[str, int], Relay] = LRU(relay_cache_size, self._evicted)
         self._in_use: dict[int, int] = {}
         self._retired: dict[int, Relay] = {}
 
