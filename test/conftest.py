@@ -4,4 +4,5 @@ pytest_plugins = [
     "support.faultserver",
     "support.servers",
     "support.dns_server",
+    "support.reliability",
 ]

@@ -19,7 +19,6 @@ from support.dns_server import DnsTestServer
 from support.faultserver import FaultServer
 from support.reliability import (
     assert_relay_error,
-    fast_fault_server,
     make_envelope,
     timed_attempt,
 )
@@ -34,8 +33,6 @@ from slimta.relay.smtp.static import StaticLmtpRelay, StaticSmtpRelay
 from slimta.smtp.reply import Reply
 
 pytestmark = pytest.mark.usefixtures("no_relay_leaks")
-
-__all__ = ["fast_fault_server"]  # the fixture, imported so that pytest finds it
 
 CONTROL = ["\r", "\n", "\r\n", "\0", "\x1b", "\x7f", "\t", "\x0b", "\x85", "\u2028"]
 #: (address, why) that must never reach the wire.

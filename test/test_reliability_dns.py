@@ -28,7 +28,6 @@ from support.reliability import (
     SLACK_SECONDS,
     assert_no_leaks,
     assert_relay_error,
-    fast_fault_server,
     make_envelope,
     resources,
     timed_attempt,
@@ -39,8 +38,6 @@ from slimta.smtp.reply import Reply
 from slimta.util.dns import DNSResolver
 
 pytestmark = pytest.mark.usefixtures("no_relay_leaks")
-
-__all__ = ["fast_fault_server"]  # the fixture, imported so that pytest finds it
 
 #: MX, then (on NODATA) AAAA and A: at most three lookups, one try each.
 DNS_BOUND_SECONDS = 3 * RESOLVER_TIMEOUT_SECONDS + SLACK_SECONDS

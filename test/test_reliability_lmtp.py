@@ -28,7 +28,6 @@ from support.reliability import (
     Outcome,
     assert_no_leaks,
     assert_relay_error,
-    fast_fault_server,
     make_envelope,
     resources,
     timed_attempt,
@@ -38,8 +37,6 @@ from slimta.relay.smtp.static import StaticLmtpRelay
 from slimta.smtp.reply import Reply
 
 pytestmark = pytest.mark.usefixtures("no_relay_leaks")
-
-__all__ = ["fast_fault_server"]  # the fixture, imported so that pytest finds it
 
 STALL_TIMEOUT = 0.5
 LONG_TIMEOUT = 5.0

@@ -47,7 +47,6 @@ from support.reliability import (
     Outcome,
     assert_no_leaks,
     assert_relay_error,
-    fast_fault_server,
     make_envelope,
     resources,
     timed_attempt,
@@ -58,8 +57,6 @@ from slimta.relay.smtp.static import StaticSmtpRelay
 from slimta.smtp.reply import Reply
 
 pytestmark = pytest.mark.usefixtures("no_relay_leaks")
-
-__all__ = ["fast_fault_server"]  # the fixture, imported so that pytest finds it
 
 #: Every timeout when the fault is a stall: the attempt must end soon after it.
 STALL_TIMEOUT = 0.5

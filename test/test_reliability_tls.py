@@ -20,7 +20,6 @@ from support.faultserver import FaultServer
 from support.reliability import (
     assert_no_leaks,
     assert_relay_error,
-    fast_fault_server,
     make_envelope,
     resources,
     timed_attempt,
@@ -30,8 +29,6 @@ from slimta.relay.smtp.static import StaticSmtpRelay
 from slimta.smtp.reply import Reply
 
 pytestmark = pytest.mark.usefixtures("no_relay_leaks")
-
-__all__ = ["fast_fault_server"]  # the fixture, imported so that pytest finds it
 
 
 def _relay(host: str, port: int, **options: Any) -> StaticSmtpRelay:
