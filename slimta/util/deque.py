@@ -61,3 +61,13 @@ class BlockingDeque(collections.deque):
         """Remove and return the leftmost item, waiting for one if needed."""
         self.sema.acquire()
         return super().popleft(*args, **kwargs)
+
+    def _popleft_nowait(self) -> Any:
+        """Remove and return the leftmost item if one is free now, else ``None``.
+
+        Never blocks. An item already promised to a woken waiter is not free:
+        the semaphore, not ``len()``, decides.
+        """
+        if not self.sema.acquire(blocking=False):
+            return None
+        return super().popleft()

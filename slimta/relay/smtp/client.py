@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import ssl
 from collections.abc import Callable, Iterable, Mapping
-from typing import TYPE_CHECKING, Any, Union
+from typing import TYPE_CHECKING, Any, NamedTuple, Union
 
 import gevent
 from gevent import socket
@@ -37,6 +37,8 @@ from slimta.smtp.reply import Reply
 if TYPE_CHECKING:
     from email.message import Message
 
+    from gevent.event import AsyncResult
+
     from slimta.envelope import Envelope
     from slimta.util.deque import BlockingDeque
 
@@ -51,6 +53,21 @@ class _Requeue(Exception):
 
 class _ClearTextRetry(Exception):
     """An opportunistic STARTTLS handshake failed: retry once, in clear."""
+
+
+class _Chained(NamedTuple):
+    """The next envelope, whose MAIL/RCPT/DATA went out behind the previous message.
+
+    RFC 2920 lets message content start a command group: with PIPELINING and
+    more work queued, the next transaction's commands follow the end-of-data
+    marker in the same write, so a reused connection costs one round trip per
+    message. ``sent`` holds the replies, filled by the same read.
+    """
+
+    result: AsyncResult
+    envelope: Envelope
+    plan: Plan
+    sent: tuple[Reply, list[tuple[str, Reply]], Reply]
 
 
 class SmtpRelayClient(RelayPoolClient):
@@ -132,6 +149,8 @@ class SmtpRelayClient(RelayPoolClient):
         self._auth_param = True
         # Set after an opportunistic STARTTLS handshake failed: skip STARTTLS.
         self._clear_text_only = False
+        # The next request, already started on the wire behind the current one.
+        self._next: _Chained | None = None
 
     # -- session ---------------------------------------------------------------
     def _run(self) -> None:
@@ -152,12 +171,13 @@ class SmtpRelayClient(RelayPoolClient):
                 self._connect()
                 self._handshake()
             reused = False
+            chained: _Chained | None = None
             while True:
-                if reused and self._server_has_spoken():
+                if reused and chained is None and self._server_has_spoken():
                     self._requeue(result, envelope)
                     return
                 try:
-                    result.set(self._deliver(envelope, reused))
+                    result.set(self._deliver(envelope, reused, chained))
                 except _Requeue:
                     self._usable = False
                     self._requeue(result, envelope)
@@ -170,9 +190,14 @@ class SmtpRelayClient(RelayPoolClient):
                     return
                 if self.idle_timeout is None:
                     return
-                result, envelope = self.poll()
-                if result is None or envelope is None:
-                    return
+                chained, self._next = self._next, None
+                if chained is not None:
+                    result, envelope = chained.result, chained.envelope
+                    self._pending = result
+                else:
+                    result, envelope = self.poll()
+                    if result is None or envelope is None:
+                        return
                 reused = True
         except gevent.GreenletExit:
             self._usable = False  # killed: close at once, no QUIT round trip
@@ -182,6 +207,9 @@ class SmtpRelayClient(RelayPoolClient):
             if result is not None and not result.ready():
                 result.set_exception(failure)
         finally:
+            nxt, self._next = self._next, None
+            if nxt is not None and not nxt.result.ready():
+                self._requeue(nxt.result, nxt.envelope)  # its data was never sent
             self._disconnect()
 
     def _error_for(self, exc: BaseException) -> RelayError:
@@ -319,6 +347,8 @@ class SmtpRelayClient(RelayPoolClient):
         """RSET when a transaction was left open. False when the session should end."""
         if not self._usable:
             return False
+        if self._next is not None:
+            return True  # the next transaction is already open on the server
         if not self._needs_rset:
             return True
         self._needs_rset = False
@@ -353,8 +383,12 @@ class SmtpRelayClient(RelayPoolClient):
                     raw.close()  # the TLS wrapper
 
     # -- one envelope ------------------------------------------------------------
-    def _deliver(self, envelope: Envelope, reused: bool) -> RelayResult:
+    def _deliver(
+        self, envelope: Envelope, reused: bool, chained: _Chained | None = None
+    ) -> RelayResult:
         """Run one transaction. Raises a RelayError when the message failed."""
+        if chained is not None:
+            return self._transaction(chained.plan, reused, chained.sent)
         try:
             assert self.client is not None
             plan = plan_transaction(envelope, self.client.extensions, self.binary_encoder)
@@ -364,13 +398,18 @@ class SmtpRelayClient(RelayPoolClient):
             raise SmtpRelayError.factory(reply_for_exception(exc, b"MAIL"))
         return self._transaction(plan, reused)
 
-    def _transaction(self, plan: Plan, reused: bool) -> RelayResult:
+    def _transaction(
+        self,
+        plan: Plan,
+        reused: bool,
+        sent: tuple[Reply, list[tuple[str, Reply]], Reply | None] | None = None,
+    ) -> RelayResult:
         client = self.client
         assert client is not None
         self._needs_rset = True
         replies: list[Reply] = []  # MAIL's reply first, once it is known
         try:
-            mail, rcpt_replies, data = self._send_envelope(plan, replies)
+            mail, rcpt_replies, data = sent or self._send_envelope(plan, replies)
         except (ConnectionLost, OSError) as exc:
             # On a reused connection the server may have closed it while idle: the
             # message was never seen, so another connection can carry it.
@@ -463,13 +502,71 @@ class SmtpRelayClient(RelayPoolClient):
         Runs inside ``data_timeout``. Raises a RelayError when the whole
         message was refused.
         """
-        assert self.client is not None
-        reply = self.client.send_data(plan.header, plan.body)
+        client = self.client
+        assert client is not None
+        reply = client.send_data(plan.header, plan.body)
         if not reply:
-            self.client._flush_pipeline()
+            chained = self._start_next(client)
+            flushed = False
+            try:
+                client._flush_pipeline()
+                flushed = True
+            except (Exception, gevent.Timeout):
+                if not reply:
+                    raise  # this message's own reply never came
+                # Only the next transaction's replies were lost: this message's
+                # reply stands, and the broken connection ends after it.
+                self._usable = False
+            finally:
+                if chained is not None:
+                    if flushed:
+                        self._next = chained
+                    else:
+                        self._requeue(chained.result, chained.envelope)
         if reply.is_error():
-            raise server_error(reply)
+            raise server_error(reply)  # RSET follows, unless the next one is open
         self._needs_rset = False
         return dict.fromkeys(accepted, reply)
+
+    def _start_next(self, client: Client) -> _Chained | None:
+        """Queue the next envelope's MAIL/RCPT/DATA behind this message, if one waits.
+
+        Only with PIPELINING and a reusable connection; nothing is written here.
+        """
+        queue = self.queue
+        if (
+            self.idle_timeout is None
+            or queue is None
+            or not self._usable
+            or "PIPELINING" not in client.extensions
+        ):
+            return None
+        item = queue._popleft_nowait()
+        if item is None:
+            return None
+        result, envelope = item
+        try:
+            plan = plan_transaction(envelope, client.extensions, self.binary_encoder)
+        except Exception:
+            queue.appendleft(item)  # it fails on its own turn, the ordinary way
+            return None
+        try:
+            mail = client.mailfrom(
+                plan.sender,
+                data_size=plan.size,
+                auth=False if self._auth_param else None,
+                body=plan.body_type,
+                smtputf8=plan.smtputf8,
+            )
+            rcpt_replies = [(rcpt, client.rcptto(rcpt)) for rcpt in plan.recipients]
+        except Exception:
+            # The plan checked every address, so this should not happen; if it
+            # does, the wire holds part of a transaction: end the connection.
+            self._usable = False
+            queue.appendleft(item)
+            return None
+        data = Reply(command=b"DATA")
+        client._queue(data, b"DATA\r\n")
+        return _Chained(result, envelope, plan, (mail, rcpt_replies, data))
 
 
