@@ -228,6 +228,12 @@ def _find_quoted_end(address: str) -> int:
 
 # C0 controls and DEL, plus the Unicode line and paragraph separators.
 _CONTROL_RE = re.compile("[\x00-\x1f\x7f\x85\u2028\u2029]")
+# A plain ASCII mailbox that passes every check below: atext and dots in a local
+# part of at most 64 octets, letters, digits, dots and hyphens in a domain, and a
+# path (address plus brackets) of at most 256 octets.
+_SIMPLE_ADDRESS_RE = re.compile(
+    r"(?=.{1,254}\Z)([A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]{1,64})@([A-Za-z0-9.-]{1,255})\Z"
+)
 # What may not appear outside a quoted local part.
 _UNQUOTED_BAD_RE = re.compile(r"[<>\s]")
 
@@ -248,6 +254,9 @@ def check_address(address: str) -> tuple[str, str]:
     """
     if not isinstance(address, str):
         raise AddressError("Address must be a str", address)
+    simple = _SIMPLE_ADDRESS_RE.match(address)
+    if simple is not None:  # the common case, decided by one C-level match
+        return simple.group(1), simple.group(2)
     try:
         path_bytes = len(address.encode("utf-8")) + 2
     except UnicodeEncodeError:  # lone surrogates
