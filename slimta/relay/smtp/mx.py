@@ -126,6 +126,8 @@ class MxRecord:
         return self._shuffled()
 
     def _shuffled(self) -> list[tuple[int, str]]:
+        if len(self._records) < 2:
+            return list(self._records)
         keyed = [(pref, random.random(), host) for pref, host in self._records]
         keyed.sort()
         return [(pref, host) for pref, _, host in keyed]
