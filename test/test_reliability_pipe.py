@@ -27,6 +27,7 @@ from support.reliability import (
     timed_attempt,
 )
 
+from slimta.relay._process import OUTPUT_GRACE_SECONDS
 from slimta.relay.pipe import MAX_CAPTURE_BYTES, DovecotLdaRelay, MaildropRelay, PipeRelay
 
 TIMEOUT = 0.6
@@ -161,3 +162,26 @@ def test_lda_relays_under_faults(
     error = outcome.error if outcome.error is not None else outcome.result["rcpt@example.test"]
     assert_relay_error(error, False, code, esc)
     assert outcome.elapsed < TIMEOUT + SLACK_SECONDS
+
+
+def _alive(pid: int) -> bool:
+    """True while ``pid`` runs (a zombie awaiting its reaper counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_exited_program_whose_child_holds_the_output_ends_without_a_timeout(
+    script: Callable[[str], str], clean_process: Any, tmp_path: Path
+) -> None:
+    # No timeout at all: the attempt must still end once the program has exited,
+    # and the child it left holding stdout/stderr must not outlive it.
+    pidfile = tmp_path / "grandchild.pid"
+    prog = script(f"(sleep 1000 & echo $! > {pidfile}) ; cat >/dev/null; exit 0\n")
+    outcome = timed_attempt(PipeRelay([prog]), make_envelope())
+    assert outcome.result == {"rcpt@example.test": None}
+    assert outcome.elapsed < 2 * OUTPUT_GRACE_SECONDS + SLACK_SECONDS
+    grandchild = int(pidfile.read_text())
+    settle(lambda: not _alive(grandchild), "the left-behind child is gone")

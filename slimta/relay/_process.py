@@ -27,6 +27,7 @@ __all__ = [
     "MAX_CAPTURE_BYTES",
     "IO_CHUNK_BYTES",
     "KILL_REAP_TIMEOUT_SECONDS",
+    "OUTPUT_GRACE_SECONDS",
     "Deadline",
     "run_process",
 ]
@@ -43,6 +44,9 @@ MAX_CAPTURE_BYTES = 64 * 1024
 IO_CHUNK_BYTES = 64 * 1024
 #: How long to wait for a killed process to be reaped.
 KILL_REAP_TIMEOUT_SECONDS = 5.0
+#: After the program exits, how long its output may stay open (held by a child
+#: it left behind) before that process group is killed and the output closed.
+OUTPUT_GRACE_SECONDS = 2.0
 
 
 # -- the deadline ---------------------------------------------------------------------
@@ -86,9 +90,8 @@ def _feed(stdin: Any, chunks: Sequence[bytes]) -> None:
             pass
 
 
-def _collect(stream: Any) -> bytes:
-    """Read ``stream`` to its end, keeping the first :data:`MAX_CAPTURE_BYTES`."""
-    kept = bytearray()
+def _collect(stream: Any, kept: bytearray) -> None:
+    """Read ``stream`` to its end into ``kept``, up to :data:`MAX_CAPTURE_BYTES`."""
     try:
         while True:
             data = stream.read(IO_CHUNK_BYTES)
@@ -99,16 +102,19 @@ def _collect(stream: Any) -> bytes:
                 kept += data[:room]
     except (OSError, ValueError) as exc:
         log.debug("error reading from the delivery program: %r", exc)
-    return bytes(kept)
+
+
+def _kill_group(pgid: int) -> None:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 def _kill(proc: Any, own_group: bool) -> None:
     """SIGKILL the child (and its process group when it leads one), then reap it."""
     if own_group and proc.returncode is None:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
+        _kill_group(proc.pid)
     try:
         proc.kill()
     except ProcessLookupError:
@@ -153,19 +159,25 @@ def run_process(
     subprocess_log.popen(proc, argv)
     timer = gevent.Timeout(timeout)
     workers: list[gevent.Greenlet] = []
+    out, err = bytearray(), bytearray()
     try:
         timer.start()
         workers = [
             gevent.spawn(_feed, proc.stdin, message),
-            gevent.spawn(_collect, proc.stdout),
-            gevent.spawn(_collect, proc.stderr),
+            gevent.spawn(_collect, proc.stdout, out),
+            gevent.spawn(_collect, proc.stderr, err),
         ]
         status = proc.wait()
-        # A program that left children holding its output open is still
-        # running as far as we are concerned; the timer bounds this too.
-        for worker in workers:
-            worker.join()
-        stdout, stderr = workers[1].value or b"", workers[2].value or b""
+        # The program has exited; a child it left behind may still hold its
+        # output open. Wait a little for the end of that output, then end that
+        # process group too, so the attempt finishes even without a timeout.
+        gevent.joinall(workers, timeout=OUTPUT_GRACE_SECONDS)
+        if not all(worker.dead for worker in workers):
+            log.warning("delivery program %d left its output open; ending it", proc.pid)
+            if own_group:
+                _kill_group(proc.pid)
+            gevent.joinall(workers, timeout=OUTPUT_GRACE_SECONDS)
+        stdout, stderr = bytes(out), bytes(err)
     except gevent.Timeout as exc:
         if exc is not timer:
             raise

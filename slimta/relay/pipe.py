@@ -91,8 +91,10 @@ class PipeRelay(Relay):
     :param args: the command, one template per argument; see the module
         documentation for the macros and the rules applied to their values.
     :param timeout: seconds allowed for the whole attempt (every process it
-        runs); ``None`` waits forever. A process still running when the time is
-        up is killed with its process group.
+        runs); ``None`` waits as long as the programs run. A process still
+        running when the time is up is killed with its process group. Once a
+        program has exited, a child it left holding its output open gets
+        ``OUTPUT_GRACE_SECONDS`` (2 s) before that process group is killed too.
     :param popen_kwargs: more arguments for :class:`gevent.subprocess.Popen`,
         such as ``env`` or ``cwd``. The standard streams are managed by the relay,
         and ``shell=True`` is refused. By default the child runs in a new session
