@@ -18,6 +18,7 @@ import gevent.subprocess
 import pytest
 from support.dovecot import DovecotLda
 from support.maildrop import MaildropBox
+from support.reliability import settle
 
 from slimta.envelope import Envelope
 from slimta.relay import PermanentRelayError, RelayError, TransientRelayError
@@ -50,13 +51,6 @@ def attempt_error(relay: Any, envelope: Envelope) -> RelayError:
         except RelayError as exc:
             return exc
     raise AssertionError("attempt() did not raise")
-
-
-def wait_for(predicate: Callable[[], bool], what: str) -> None:
-    """Poll ``predicate`` cooperatively (the hub keeps running) under a guard."""
-    with gevent.Timeout(GUARD_SECONDS, AssertionError(f"timed out waiting for {what}")):
-        while not predicate():
-            gevent.sleep(0.01)
 
 
 def open_fds() -> set[str]:
@@ -220,7 +214,7 @@ def test_timeout_kills_process_group_and_reaps(
     assert started.read_text().splitlines() == ["start"]
     child_pids = [int(p) for p in pids.read_text().split()]
     assert len(child_pids) == 2
-    wait_for(lambda: all(process_gone(pid) for pid in child_pids), "the children to die")
+    settle(lambda: all(process_gone(pid) for pid in child_pids), "the children to die")
 
 
 def test_timeout_in_single_mode_raises(script: Callable[[str], str]) -> None:
@@ -265,7 +259,7 @@ def test_killed_relay_kills_child(script: Callable[[str], str], tmp_path: Path) 
     pids = tmp_path / "pids"
     prog = script(f'echo $$ > "{pids}.tmp"; mv "{pids}.tmp" "{pids}"; exec sleep 1000\n')
     job = gevent.spawn(PipeRelay([prog]).attempt, make_envelope(), 0)
-    wait_for(pids.exists, "the child to start")
+    settle(pids.exists, "the child to start")
     job.kill(block=True, timeout=GUARD_SECONDS)
     assert process_gone(int(pids.read_text()))
 

@@ -159,8 +159,13 @@ def relay_for(server: ScriptedServer) -> StaticSmtpRelay:
                            ehlo_as="relay.test", command_timeout=5.0, data_timeout=5.0)
 
 
-def attempt_all(relay: StaticSmtpRelay, count: int) -> list[Any]:
-    """Queue ``count`` envelopes at once (so the single connection has work waiting)."""
+def attempt_all(server: ScriptedServer, count: int) -> list[Any]:
+    """Queue ``count`` envelopes at once on one pooled connection to ``server``.
+
+    Every envelope after the first waits in the queue, so each transaction can
+    be chained behind the one before. The relay is killed afterwards.
+    """
+    relay = relay_for(server)
 
     def one(i: int) -> Any:
         try:
@@ -168,9 +173,12 @@ def attempt_all(relay: StaticSmtpRelay, count: int) -> list[Any]:
         except Exception as exc:
             return exc
 
-    with gevent.Timeout(GUARD_SECONDS):
-        jobs = [gevent.spawn(one, i) for i in range(count)]
-        gevent.joinall(jobs)
+    try:
+        with gevent.Timeout(GUARD_SECONDS):
+            jobs = [gevent.spawn(one, i) for i in range(count)]
+            gevent.joinall(jobs)
+    finally:
+        relay.kill()
     return [job.value for job in jobs]
 
 
@@ -182,11 +190,7 @@ def test_next_transaction_goes_out_before_the_final_reply(scripted: Any) -> None
     # The server answers message 0's end of data only once message 1's MAIL has
     # arrived: a client that waited for that answer first would stall 3 s here.
     server = scripted("hold:250 2.0.0 first", "hold:250 2.0.0 second")
-    relay = relay_for(server)
-    try:
-        outcomes = attempt_all(relay, 3)
-    finally:
-        relay.kill()
+    outcomes = attempt_all(server, 3)
     assert all(delivered(outcome, i) for i, outcome in enumerate(outcomes))
     assert server.held_until_next_mail == [True, True]
     assert len(server.sessions) == 1
@@ -195,11 +199,7 @@ def test_next_transaction_goes_out_before_the_final_reply(scripted: Any) -> None
 
 def test_failed_message_does_not_disturb_the_chained_one(scripted: Any) -> None:
     server = scripted("554 5.6.0 Rejected content")
-    relay = relay_for(server)
-    try:
-        outcomes = attempt_all(relay, 3)
-    finally:
-        relay.kill()
+    outcomes = attempt_all(server, 3)
     assert isinstance(outcomes[0], PermanentRelayError)
     assert outcomes[0].reply.code == "554"
     assert delivered(outcomes[1], 1) and delivered(outcomes[2], 2)
@@ -213,11 +213,7 @@ def test_hangup_after_a_final_250_keeps_that_delivery(scripted: Any) -> None:
     # The server accepts message 0 and hangs up without answering message 1's
     # MAIL: message 0 is delivered (never retried), message 1 goes out again.
     server = scripted("250 2.0.0 kept|close")
-    relay = relay_for(server)
-    try:
-        outcomes = attempt_all(relay, 2)
-    finally:
-        relay.kill()
+    outcomes = attempt_all(server, 2)
     assert delivered(outcomes[0], 0)
     assert str(outcomes[0]["rcpt0@example.test"]) == "250 2.0.0 kept"
     assert delivered(outcomes[1], 1)
@@ -226,11 +222,7 @@ def test_hangup_after_a_final_250_keeps_that_delivery(scripted: Any) -> None:
 
 def test_421_to_the_end_of_data_requeues_the_chained_message(scripted: Any) -> None:
     server = scripted("421 4.3.2 Shutting down|close")
-    relay = relay_for(server)
-    try:
-        outcomes = attempt_all(relay, 2)
-    finally:
-        relay.kill()
+    outcomes = attempt_all(server, 2)
     assert isinstance(outcomes[0], TransientRelayError)
     assert outcomes[0].reply.code == "421"
     assert delivered(outcomes[1], 1)
@@ -239,11 +231,7 @@ def test_421_to_the_end_of_data_requeues_the_chained_message(scripted: Any) -> N
 
 def test_chained_recipient_rejection_is_that_messages_result(scripted: Any) -> None:
     server = scripted(rcpt_replies={"rcpt1@example.test": "550 5.1.1 No such user"})
-    relay = relay_for(server)
-    try:
-        outcomes = attempt_all(relay, 3)
-    finally:
-        relay.kill()
+    outcomes = attempt_all(server, 3)
     assert delivered(outcomes[0], 0) and delivered(outcomes[2], 2)
     assert isinstance(outcomes[1], PermanentRelayError)
     assert str(outcomes[1].reply) == "550 5.1.1 No such user"
