@@ -38,7 +38,11 @@ def test_parse_without_boundary_keeps_text():
     env.parse(b"no header boundary")
     assert list(env.headers.items()) == []
     assert env.message == b"no header boundary"
-    assert env.flatten() == (b"\r\n", b"no header boundary")
+    # Relayed as given: no empty line is invented in front of it.
+    assert env.flatten() == (b"", b"no header boundary")
+    env.prepend_header("Received", "by x")
+    # A field added to a message that had none gets the empty line it needs.
+    assert env.flatten() == (b"Received: by x\r\n\r\n", b"no header boundary")
 
 
 def test_parse_puts_back_non_header_text():
@@ -108,3 +112,203 @@ def test_parse_msg_and_repr():
     assert env.headers["Subject"] == "s"
     assert env.message == b"hello\r\n"
     assert repr(env).startswith("<Envelope at 0x") and "sender='x@y'" in repr(env)
+
+
+# --- byte-faithful header block --------------------------------------------
+
+import re  # noqa: E402
+from email.parser import BytesParser  # noqa: E402
+from email.policy import SMTP  # noqa: E402
+
+from hypothesis import assume, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+MULTIPART = (
+    b"From: =?utf-8?q?J=C3=B6rg?= <jorg@example.com>\r\n"
+    b"To:bob@example.net\r\n"
+    b"Subject:   spaced   \r\n"
+    b"List-Unsubscribe: <https://example.com/unsubscribe/" + b"x" * 140 + b">\r\n"
+    b"DKIM-Signature: v=1; a=rsa-sha256; d=example.com; s=s1;\r\n"
+    b"\th=from:to:subject; b=" + b"A" * 300 + b"\r\n"
+    b"MIME-Version: 1.0\r\n"
+    b'Content-Type: multipart/mixed; boundary="outer"\r\n'
+    b"\r\n"
+    b"preamble text\r\n"
+    b"--outer\r\n"
+    b"Content-Type: text/plain; charset=utf-8\r\n"
+    b"Content-Transfer-Encoding: 8bit\r\n"
+    b"\r\n"
+    b"caf\xc3\xa9 cr\xc3\xa8me\r\n"
+    b"--outer\r\n"
+    b"Content-Type: text/plain\r\n"
+    b"\r\n"
+    b"plain ascii part\r\n"
+    b"--outer\r\n"
+    b"Content-Type: message/rfc822\r\n"
+    b"\r\n"
+    b"Subject: inner\r\n"
+    b"Content-Type: text/plain; charset=utf-8\r\n"
+    b"\r\n"
+    b"inn\xc3\xa9r body\r\n"
+    b"--outer--\r\n"
+    b"epilogue \xff bytes\r\n"
+)
+
+
+def test_multipart_and_forward_flatten_byte_for_byte():
+    env = Envelope("a@example.com", ["b@example.net"])
+    env.parse(MULTIPART)
+    header, body = env.flatten()
+    assert header + body == MULTIPART
+    assert body is env.message  # the body is never copied
+    assert env.headers["To"] == "bob@example.net"
+    assert env.headers["Subject"] == "spaced   "
+    assert env.headers["From"] == "Jörg <jorg@example.com>"
+    assert env.headers.get_content_type() == "multipart/mixed"
+
+
+def test_changed_fields_only_are_serialised():
+    env = Envelope()
+    env.parse(MULTIPART)
+    header = env.flatten()[0]
+    lines = header.split(b"\r\n")
+    env.headers.replace_header("Subject", "new")
+    del env.headers["To"]
+    env.headers["X-Added"] = "yes"
+    env.prepend_header("Received", "from a by b; Mon, 1 Jan 2024 00:00:00 +0000")
+    changed = env.flatten()[0].split(b"\r\n")
+    assert changed[0] == b"Received: from a by b; Mon, 1 Jan 2024 00:00:00 +0000"
+    expected = [line for line in lines if not line.startswith((b"To:", b"Subject:"))]
+    # Subject was replaced in place; To removed; X-Added appended at the end.
+    assert changed[1] == lines[0]
+    assert b"Subject: new" in changed
+    assert changed.index(b"Subject: new") == 2
+    assert [line for line in changed[1:] if line not in (b"Subject: new", b"X-Added: yes")] == (
+        expected
+    )
+    assert changed[-3] == b"X-Added: yes"
+    assert env.flatten()[1] == MULTIPART[len(header) :]
+
+
+def test_flatten_never_runs_the_generator(monkeypatch):
+    import email.generator
+
+    def boom(*args, **kwargs):
+        raise AssertionError("the email generator was used")
+
+    monkeypatch.setattr(email.generator.BytesGenerator, "flatten", boom)
+    env = Envelope()
+    env.parse(MULTIPART)
+    env.prepend_header("Received", "by x")
+    env.flatten()
+    env.copy().flatten()
+
+
+def test_message_without_parse_is_serialised_field_by_field():
+    msg = Message()
+    msg["Content-Type"] = 'multipart/alternative; boundary="b"'
+    msg["Subject"] = "s"
+    env = Envelope("a@x", ["b@x"], msg, b"--b\r\n\r\nx\r\n--b--\r\n")
+    header, body = env.flatten()
+    assert header == b'Content-Type: multipart/alternative; boundary="b"\r\nSubject: s\r\n\r\n'
+
+
+def test_copy_keeps_raw_bytes_and_program_attributes():
+    class MyEnvelope(Envelope):
+        pass
+
+    env = MyEnvelope("a@x", ["b@x", "c@x"])
+    env.parse(MULTIPART)
+    env.program_data = {"tenant": ["t1"]}  # type: ignore[attr-defined]
+    env.prepend_header("X-Tenant", "t1")
+    flat = env.flatten()
+    other = env.copy(["c@x"])
+    assert type(other) is MyEnvelope
+    assert other.recipients == ["c@x"] and env.recipients == ["b@x", "c@x"]
+    assert other.flatten() == flat
+    assert other.message is env.message
+    assert other.program_data == {"tenant": ["t1"]}  # type: ignore[attr-defined]
+    other.program_data["tenant"].append("t2")  # type: ignore[attr-defined]
+    assert env.program_data == {"tenant": ["t1"]}  # type: ignore[attr-defined]
+    other.headers.replace_header("Subject", "changed")
+    assert env.flatten() == flat
+    assert b"Subject: changed\r\n" in other.flatten()[0]
+
+
+def test_encode_7bit_changes_only_the_8bit_parts():
+    env = Envelope()
+    env.parse(MULTIPART)
+    header = env.flatten()[0]
+    env.encode_7bit(encode_base64)
+    new_header, body = env.flatten()
+    assert new_header == header  # the top-level fields are untouched
+    assert body.startswith(b"preamble text\r\n--outer\r\n")
+    assert b"--outer\r\nContent-Type: text/plain\r\n\r\nplain ascii part\r\n--outer\r\n" in body
+    assert b"--outer--\r\nepilogue \xff bytes\r\n" in body  # epilogues are not touched
+    assert b"Content-Transfer-Encoding: 8bit" not in body
+    import base64
+
+    first = body.split(b"--outer\r\n")[1]
+    part_header, encoded = first.split(b"\r\n\r\n", 1)
+    assert part_header == (
+        b"Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: base64"
+    )
+    assert base64.b64decode(encoded) == b"caf\xc3\xa9 cr\xc3\xa8me"
+    inner = body.split(b"--outer\r\n")[3]
+    assert inner.startswith(b"Content-Type: message/rfc822\r\n\r\nSubject: inner\r\n")
+    assert b"Content-Transfer-Encoding: base64\r\n\r\n" in inner
+    assert body[: body.index(b"--outer--")].isascii()
+
+
+def test_encode_7bit_single_part_keeps_other_fields():
+    raw = b"Subject:  keep  me\r\nContent-Transfer-Encoding: 8bit\r\nX-Z:z\r\n\r\n\xc3\xa9\r\n"
+    env = Envelope()
+    env.parse(raw)
+    env.encode_7bit(encode_base64)
+    header, body = env.flatten()
+    assert header == (b"Subject:  keep  me\r\nX-Z:z\r\nContent-Transfer-Encoding: base64\r\n\r\n")
+    assert body == b"w6kNCg==\r\n"
+
+
+def _lines_crlf(data: bytes) -> bytes:
+    return re.sub(rb"\r\n|\r|\n", b"\r\n", data)
+
+
+header_lines = st.one_of(
+    st.from_regex(rb"\A[A-Za-z-]{1,12}:[ \t]{0,3}[\x20-\x7e\x80-\xff]{0,40}\Z"),
+    st.from_regex(rb"\A[ \t][\x20-\x7e]{0,30}\Z"),
+    st.binary(max_size=20),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(header_lines, max_size=8),
+    st.sampled_from([b"\r\n", b"\n", b"\r"]),
+    st.booleans(),
+    st.binary(max_size=60),
+)
+def test_parse_flatten_is_faithful_and_matches_the_email_parser(lines, eol, blank, body):
+    data = eol.join(lines) + (eol + eol if blank else b"") + body
+    env = Envelope()
+    env.parse(data)  # never raises
+    header, message = env.flatten()
+    assume(not re.search(rb"(^|\n)[ \t]+\r?\n", data))  # blanks on the empty line
+    assert _lines_crlf(header + message) == _lines_crlf(data)
+    # The fields read match what the email package reads from the same block.
+    end = len(data) - len(message)
+    reference = BytesParser(policy=SMTP).parsebytes(data[:end], headersonly=True)
+    assert [k for k, _ in env.headers.raw_items()] == list(reference.keys())
+    assert [v.replace("\r\n", "\n") for _, v in env.headers.raw_items()] == [
+        v.replace("\r\n", "\n").replace("\r", "\n") for _, v in reference.raw_items()
+    ]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=300))
+def test_parse_and_flatten_never_raise(data):
+    env = Envelope()
+    env.parse(data)
+    env.flatten()
+    env.prepend_header("Received", "by x")
+    env.copy().flatten()

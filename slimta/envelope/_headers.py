@@ -1,0 +1,250 @@
+"""The raw header block of a message, kept byte for byte.
+
+:func:`read_block` splits a message into its header block and its body, and
+builds the :class:`email.message.Message` that :attr:`Envelope.headers` exposes
+*from* the raw lines, one field at a time, without running the email package's
+parser or generator over the bytes. The :class:`RawBlock` it returns remembers,
+for every field, the exact bytes it came from.
+
+:func:`render` turns a (possibly changed) ``Message`` back into bytes: a field
+whose name and value are still the very objects the block was read into is
+written as its original bytes; a field that code added or replaced is serialised alone,
+through the message's policy. Nothing else is ever re-serialised, so folding,
+spacing, long tokens and the order of untouched fields survive (DKIM signatures
+and ``List-Unsubscribe`` URLs included).
+
+Line ends inside the header block are made CRLF (a bare CR or LF becomes CRLF,
+as the SMTP data path does for the whole message); nothing else changes.
+"""
+
+from __future__ import annotations
+
+import re
+from email.message import Message
+from email.policy import SMTP, Policy
+from typing import Any
+
+__all__ = ["RawBlock", "read_block", "render", "fold_field"]
+
+# The end of the header block: an empty line (blanks allowed on it), at the
+# very start of the data or after a line break.
+_HEADER_END_RE = re.compile(rb"(?P<first>^[ \t]*\r?\n)|(?P<eol>\r?\n)[ \t]*\r?\n")
+
+# What the email package accepts as a header line (a field, a continuation, or a
+# Unix "From " line); anything else ends the header block and starts the body.
+_HEADER_LINE_RE = re.compile(rb"(?:From |[\x21-\x39\x3b-\x7e]*:|[\t ])")
+
+# One line with its terminator (CRLF, bare CR or bare LF), or a last line without one.
+_LINE_RE = re.compile(rb"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+")
+
+_CRLF = b"\r\n"
+
+
+class RawBlock:
+    """The header block as received, and the fields read from it.
+
+    :ivar message: the ``Message`` the fields were read into.
+    :ivar items: the message's ``(name, value)`` items at parse time; holding
+        them keeps their identities valid for :func:`render`.
+    :ivar raws: for each item, its bytes (first line, continuation lines, and any
+        unreadable lines that followed it), CRLF line ends.
+    :ivar lead: unreadable lines before the first field (a Unix ``From `` line,
+        a stray continuation line).
+    :ivar separator: the empty line that ended the block, always ``b'\\r\\n'``
+        (``b''`` when the data had none).
+    :ivar data: the whole block plus the separator: what an untouched message
+        flattens to.
+    """
+
+    __slots__ = ("message", "items", "raws", "lead", "separator", "data")
+
+    def __init__(
+        self,
+        message: Message,
+        items: list[Any],
+        raws: list[bytes],
+        lead: bytes,
+        separator: bytes,
+    ) -> None:
+        self.message = message
+        self.items = items
+        self.raws = raws
+        self.lead = lead
+        self.separator = separator
+        self.data = lead + b"".join(raws) + separator
+
+    def untouched(self, message: Message | None) -> bool:
+        """Whether ``message`` is still exactly the block that was read."""
+        return message is self.message and message._headers == self.items  # type: ignore[attr-defined]
+
+
+def _split_lines(head: bytes) -> list[bytes]:
+    """``head``'s lines, each with its own line end, as received."""
+    if b"\r" not in head or head.count(b"\r") == head.count(b"\r\n") == head.count(b"\n"):
+        lines = head.split(b"\n")
+        if lines[-1] == b"":
+            lines.pop()
+            return [line + b"\n" for line in lines]
+        last = lines.pop()
+        return [line + b"\n" for line in lines] + [last]
+    return _LINE_RE.findall(head)
+
+
+def _content(line: bytes) -> bytes:
+    """A line without its line end."""
+    if line.endswith(b"\n"):
+        return line[:-2] if line.endswith(b"\r\n") else line[:-1]
+    if line.endswith(b"\r"):
+        return line[:-1]
+    return line
+
+
+def _crlf(line: bytes) -> bytes:
+    """A line with its line end made CRLF (a last line without one stays so)."""
+    if line.endswith(b"\r\n"):
+        return line
+    if line.endswith((b"\n", b"\r")):
+        return line[:-1] + _CRLF
+    return line
+
+
+def _field_item(policy: Policy, lines: list[bytes]) -> tuple[str, Any]:
+    text = [line.decode("ascii", "surrogateescape") for line in lines]
+    return policy.header_source_parse(text)
+
+
+def read_block(data: bytes, policy: Policy = SMTP) -> tuple[RawBlock, bytes]:
+    """Split ``data`` into its header block and its body.
+
+    The block ends at the first empty line. As with the email package, a line
+    that is neither a field, a continuation nor a Unix ``From`` line ends the
+    fields early; it and everything after it belong to the body.
+
+    :returns: the :class:`RawBlock` and the body bytes.
+    """
+    match = _HEADER_END_RE.search(data)
+    if match is None:
+        head, separator, body_start = data, b"", len(data)
+    else:
+        # Keep the line end of the last field in the block; the empty line
+        # after it is the separator.
+        end = match.end("eol") if match.group("first") is None else 0
+        head, separator, body_start = data[:end], data[end : match.end()], match.end()
+    lines = _split_lines(head) if head else []
+
+    cut = len(lines)
+    for index, line in enumerate(lines):
+        if not _HEADER_LINE_RE.match(line):
+            cut = index
+            break
+    # A "From " line as the last header line is the body's first line.
+    if cut > 1 and lines[cut - 1].startswith(b"From "):
+        cut -= 1
+
+    message: Message = policy.message_factory(policy=policy)  # type: ignore[misc]
+    headers = message._headers  # type: ignore[attr-defined]
+    raws: list[bytes] = []
+    lead: list[bytes] = []
+    field: list[bytes] = []  # the current field's lines, without line ends
+    field_raw: list[bytes] = []  # the current field's lines, CRLF line ends
+
+    def finish() -> None:
+        if field:
+            headers.append(_field_item(policy, [line + b"\r\n" for line in field]))
+            raws.append(b"".join(field_raw))
+            field.clear()
+            field_raw.clear()
+
+    def junk(raw: bytes) -> None:
+        # Kept in place, but not a field: it travels with the field before it.
+        if raws:
+            raws[-1] += raw
+        else:
+            lead.append(raw)
+
+    for index in range(cut):
+        line = lines[index]
+        raw = _crlf(line)
+        if line[:1] in (b" ", b"\t"):
+            if field:
+                field.append(_content(line))
+                field_raw.append(raw)
+            else:
+                junk(raw)
+            continue
+        finish()
+        if line.startswith(b"From "):
+            if index == 0:
+                message.set_unixfrom(_content(line).decode("ascii", "surrogateescape"))
+            junk(raw)
+            continue
+        if line.startswith(b":"):
+            junk(raw)
+            continue
+        field.append(_content(line))
+        field_raw.append(raw)
+    finish()
+
+    if cut < len(lines):
+        # The fields stopped early: the rest of the block, its empty line and
+        # the body are all body, exactly as received.
+        body = b"".join(lines[cut:]) + data[len(head) :]
+        separator = b""
+    else:
+        body = data[body_start:]
+    # The empty line is written as a plain CRLF even when it held blanks, so the
+    # next hop splits headers from body exactly where we did (a line of blanks
+    # could otherwise be read as a continuation line).
+    block = RawBlock(message, list(headers), raws, b"".join(lead), _CRLF if separator else b"")
+    return block, body
+
+
+def fold_field(policy: Policy, name: str, value: Any) -> bytes:
+    """Serialise one field that code set, CRLF line ends. Never raises."""
+    try:
+        data = policy.fold_binary(name, value)
+    except Exception:
+        text = "".join(str(value).splitlines())
+        data = f"{name}: {text}\n".encode("utf-8", "surrogateescape")
+    if b"\r" in data or not data.endswith(b"\n"):
+        data = b"".join(_crlf(line) for line in _LINE_RE.findall(data))
+        if not data.endswith(_CRLF):
+            data += _CRLF
+    elif _CRLF not in data:
+        data = data.replace(b"\n", _CRLF)
+    return data
+
+
+def render(message: Message, block: RawBlock | None, has_body: bool) -> bytes:
+    """The header block for ``message``, closing empty line included.
+
+    Fields that are still those of ``block`` are written as received; the
+    others are serialised one by one with :func:`fold_field`.
+    """
+    policy = message.policy
+    items = message._headers  # type: ignore[attr-defined]
+    # An item is recognised by the identity of its name and value objects, not
+    # of the tuple: ``del message[name]`` rebuilds the tuples of every field it
+    # keeps, from the same objects.
+    known: dict[tuple[int, int], list[bytes]] = {}
+    if block is not None and block.message is message:
+        for (name, value), raw in zip(block.items, block.raws, strict=True):
+            known.setdefault((id(name), id(value)), []).append(raw)
+        out = [block.lead] if block.lead else []
+        separator = block.separator
+        if not separator and not block.items and has_body and items:
+            # Fields added to a message that had none: they need the empty line.
+            separator = _CRLF
+    else:
+        out = []
+        separator = _CRLF
+    for name, value in items:
+        raws = known.get((id(name), id(value)))
+        raw = raws.pop(0) if raws else fold_field(policy, name, value)
+        if out and not out[-1].endswith(b"\n"):
+            out[-1] += _CRLF
+        out.append(raw)
+    if separator and out and not out[-1].endswith(b"\n"):
+        out[-1] += _CRLF
+    out.append(separator)
+    return b"".join(out)
