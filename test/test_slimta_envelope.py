@@ -312,3 +312,30 @@ def test_parse_and_flatten_never_raise(data):
     env.flatten()
     env.prepend_header("Received", "by x")
     env.copy().flatten()
+
+
+def test_prepend_header_folds_long_values_and_refuses_injection():
+    env = Envelope()
+    env.parse(RAW)
+    value = (
+        "from mail.example.com (mail.example.com [192.0.2.1]) by relay.example.net"
+        " with ESMTPS id 123abc for <bob@example.net>; Tue, 01 Dec 2026 10:00:00 +0000"
+    )
+    env.prepend_header("Received", value)
+    header = env.flatten()[0]
+    first = header[: header.index(b"From: a@example.com")]
+    assert all(len(line) <= 78 for line in first.split(b"\r\n"))
+    # Unfolding gives back the value exactly.
+    assert first.replace(b"\r\n ", b" ") == b"Received: " + value.encode() + b"\r\n"
+    assert env.headers["Received"] == value
+    for name, bad in (("X", "a\r\nBcc: x@y"), ("X", "a\nb"), ("Bad Name", "v"), ("A:B", "v")):
+        with pytest.raises(ValueError):
+            env.prepend_header(name, bad)
+    assert env.flatten()[0] == header
+
+
+def test_header_objects_set_by_code_use_the_policy():
+    env = Envelope()
+    env.parse(RAW)
+    env.headers["To"] = "Jörg <j@example.com>"
+    assert env.flatten()[0].endswith(b"To: =?utf-8?q?J=C3=B6rg?= <j@example.com>\r\n\r\n")

@@ -10,16 +10,20 @@ never re-encoded (see :doc:`/semantics`).
 from __future__ import annotations
 
 import copy as _copy
+import re
 from collections.abc import Callable
 from email.generator import BytesGenerator
 from email.message import Message
 from io import BytesIO
 from typing import Any
 
-from ._headers import RawBlock, read_block, render
+from ._headers import RawBlock, copy_message, read_block, render
 from ._mime import encode_8bit_parts
 
 __all__ = ["Envelope"]
+
+# Field names are printable ASCII other than the colon (RFC 5322 §2.2).
+_BAD_NAME_RE = re.compile(r"[^\x21-\x39\x3b-\x7e]")
 
 
 class Envelope:
@@ -57,14 +61,22 @@ class Envelope:
     def prepend_header(self, name: str, value: str) -> None:
         """Insert a header before all the existing ones.
 
-        Only the new field is serialised; every other line keeps its bytes.
+        Only the new field is serialised (folded at its blanks when longer than
+        78 characters); every other line keeps its bytes.
 
-        :raises ValueError: when the envelope has no headers.
+        :raises ValueError: when the envelope has no headers, or when the name
+            or the value holds a line break (a header injection).
         """
-        if self.headers is None:
+        headers = self.headers
+        if headers is None:
             raise ValueError("envelope has no headers to prepend to")
-        stored = self.headers.policy.header_store_parse(name, value)
-        self.headers._headers.insert(0, stored)  # type: ignore[attr-defined]
+        if _BAD_NAME_RE.search(name) or not name:
+            raise ValueError(f"invalid header field name: {name!r}")
+        if "\r" in value or "\n" in value:
+            raise ValueError("header values may not contain CR or LF characters")
+        # Stored as given, like a field read from the message: the policy
+        # parses it only if it is read back.
+        headers._headers.insert(0, (name, value))  # type: ignore[attr-defined]
 
     def copy(self, new_rcpts: list[str] | None = None) -> Envelope:
         """Return a deep, independent copy of the whole envelope.
@@ -76,9 +88,19 @@ class Envelope:
         :param new_rcpts: when truthy, the copy's recipients.
         """
         memo: dict[int, Any] = {}
-        if self.headers is not None:
-            policy = self.headers.policy
-            memo[id(policy)] = policy  # policies are immutable: share them
+        headers = self.headers
+        if headers is not None:
+            # The header objects are copied by hand, keeping the raw block valid
+            # for the copy; deepcopy does the rest (including attributes set by
+            # programs), and shares what it finds in the memo.
+            new_headers = copy_message(headers)
+            memo[id(headers)] = new_headers
+            block = self._raw_block
+            if block is not None and block.message is headers:
+                memo[id(block)] = block.for_copy(new_headers)
+            rendered = self._rendered
+            if rendered is not None and rendered[0] is headers:
+                memo[id(rendered)] = (new_headers, rendered[1], rendered[2])
         new = _copy.deepcopy(self, memo)
         if new_rcpts:
             new.recipients = new_rcpts

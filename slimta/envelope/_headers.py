@@ -19,16 +19,19 @@ as the SMTP data path does for the whole message); nothing else changes.
 
 from __future__ import annotations
 
+import copy as _copy
 import re
 from email.message import Message
 from email.policy import SMTP, Policy
 from typing import Any
 
-__all__ = ["RawBlock", "read_block", "render", "fold_field"]
+__all__ = ["RawBlock", "read_block", "render", "fold_field", "copy_message"]
 
 # The end of the header block: an empty line (blanks allowed on it), at the
 # very start of the data or after a line break.
-_HEADER_END_RE = re.compile(rb"(?P<first>^[ \t]*\r?\n)|(?P<eol>\r?\n)[ \t]*\r?\n")
+# Searched for from a literal LF, which the regex engine scans for quickly.
+_EMPTY_LINE_RE = re.compile(rb"\n[ \t]*\r?\n")
+_FIRST_LINE_EMPTY_RE = re.compile(rb"[ \t]*\r?\n")
 
 # What the email package accepts as a header line (a field, a continuation, or a
 # Unix "From " line); anything else ends the header block and starts the body.
@@ -73,6 +76,17 @@ class RawBlock:
         self.separator = separator
         self.data = lead + b"".join(raws) + separator
 
+    def for_copy(self, message: Message) -> RawBlock:
+        """The same block, read into ``message`` (a copy of :attr:`message`)."""
+        new = RawBlock.__new__(RawBlock)
+        new.message = message
+        new.items = self.items  # never changed after reading: share it
+        new.raws = self.raws
+        new.lead = self.lead
+        new.separator = self.separator
+        new.data = self.data
+        return new
+
     def untouched(self, message: Message | None) -> bool:
         """Whether ``message`` is still exactly the block that was read."""
         return message is self.message and message._headers == self.items  # type: ignore[attr-defined]
@@ -113,6 +127,39 @@ def _field_item(policy: Policy, lines: list[bytes]) -> tuple[str, Any]:
     return policy.header_source_parse(text)
 
 
+# One field of a CRLF-only block: its first line and any continuation lines.
+_FIELD_RE = re.compile(rb"[^\r\n]*\r\n(?:[ \t][^\r\n]*\r\n)*")
+# A first line that is plainly a field: a non-empty name and a colon.
+_FIELD_START_RE = re.compile(rb"[\x21-\x39\x3b-\x7e]+:")
+
+
+def _read_crlf_fields(
+    head: bytes, policy: Policy
+) -> tuple[Message, list[tuple[str, str]], list[bytes]] | None:
+    """The common case, done quickly: CRLF line ends and nothing but fields.
+
+    Returns ``None`` for anything else, which :func:`read_block` then reads
+    line by line. The items are what ``policy.header_source_parse`` makes of
+    each field's lines.
+    """
+    if not head.endswith(b"\r\n"):
+        return None
+    crlf = head.count(b"\r\n")
+    if head.count(b"\r") != crlf or head.count(b"\n") != crlf:
+        return None
+    raws = _FIELD_RE.findall(head)
+    items: list[tuple[str, str]] = []
+    start = _FIELD_START_RE.match
+    for raw in raws:
+        if start(raw) is None:
+            return None
+        name, value = raw.decode("ascii", "surrogateescape").split(":", 1)
+        items.append((name, value.lstrip(" \t")[:-2]))
+    message: Message = policy.message_factory(policy=policy)  # type: ignore[misc]
+    message._headers = items  # type: ignore[attr-defined]
+    return message, list(items), raws
+
+
 def read_block(data: bytes, policy: Policy = SMTP) -> tuple[RawBlock, bytes]:
     """Split ``data`` into its header block and its body.
 
@@ -122,14 +169,23 @@ def read_block(data: bytes, policy: Policy = SMTP) -> tuple[RawBlock, bytes]:
 
     :returns: the :class:`RawBlock` and the body bytes.
     """
-    match = _HEADER_END_RE.search(data)
-    if match is None:
-        head, separator, body_start = data, b"", len(data)
+    first = _FIRST_LINE_EMPTY_RE.match(data)
+    if first is not None:
+        head, separator, body_start = b"", first.group(0), first.end()
     else:
-        # Keep the line end of the last field in the block; the empty line
-        # after it is the separator.
-        end = match.end("eol") if match.group("first") is None else 0
-        head, separator, body_start = data[:end], data[end : match.end()], match.end()
+        match = _EMPTY_LINE_RE.search(data)
+        if match is None:
+            head, separator, body_start = data, b"", len(data)
+        else:
+            # The block keeps the line end of its last line; the empty line
+            # after it is the separator.
+            end = match.start() + 1
+            head, separator, body_start = data[:end], data[end : match.end()], match.end()
+    fast = _read_crlf_fields(head, policy)
+    if fast is not None:
+        return RawBlock(fast[0], fast[1], fast[2], b"", _CRLF if separator else b""), data[
+            body_start:
+        ]
     lines = _split_lines(head) if head else []
 
     cut = len(lines)
@@ -199,8 +255,63 @@ def read_block(data: bytes, policy: Policy = SMTP) -> tuple[RawBlock, bytes]:
     return block, body
 
 
+def copy_message(message: Message) -> Message:
+    """An independent copy of a header ``Message``.
+
+    The field list is copied; its items (a name and a value string or header
+    object) are immutable and shared, which is what lets :func:`render` still
+    recognise untouched fields in the copy. A message carrying a parsed
+    payload is deep-copied.
+    """
+    policy = message.policy
+    if message._payload is not None and not isinstance(message._payload, str):  # type: ignore[attr-defined]
+        return _copy.deepcopy(message, {id(policy): policy})
+    new = _copy.copy(message)
+    new._headers = list(message._headers)  # type: ignore[attr-defined]
+    new.defects = list(message.defects)
+    return new
+
+
+_FOLD_AT_RE = re.compile(r"(?=[ \t])")
+_MAX_LINE = 78
+
+
+def _fold_plain(name: str, value: str) -> bytes:
+    """``name: value`` folded before blanks to lines of at most 78 characters
+    where the words allow (RFC 5322 §2.2.3); nothing else changes."""
+    line = f"{name}: {value}"
+    if len(line) <= _MAX_LINE:
+        return line.encode("ascii") + _CRLF
+    lines: list[str] = []
+    current = ""
+    for segment in _FOLD_AT_RE.split(line):
+        if (
+            current
+            and len(current) + len(segment) > _MAX_LINE
+            and segment.strip(" \t")
+            and len(current) > len(name) + 1
+        ):
+            lines.append(current)
+            current = segment
+        else:
+            current += segment
+    lines.append(current)
+    return "\r\n".join(lines).encode("ascii") + _CRLF
+
+
+def _plain(value: Any) -> bool:
+    return type(value) is str and value.isascii() and value.replace("\t", " ").isprintable()
+
+
 def fold_field(policy: Policy, name: str, value: Any) -> bytes:
-    """Serialise one field that code set, CRLF line ends. Never raises."""
+    """Serialise one field that code set, CRLF line ends. Never raises.
+
+    A plain ASCII string value (what :meth:`Envelope.prepend_header` stores) is
+    folded at its blanks and otherwise written as given; anything else goes
+    through ``policy.fold_binary``.
+    """
+    if _plain(value) and _plain(name):
+        return _fold_plain(name, value)
     try:
         data = policy.fold_binary(name, value)
     except Exception:
