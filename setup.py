@@ -19,6 +19,7 @@ setup(
             "aiosmtpd",
             "dnslib",
             "cryptography",
+            "dkimpy",
         ],
         "dev": ["ruff", "mypy", "sphinx"],
     },
