@@ -9,11 +9,13 @@ see them, since only this module is listed in ``pytest_plugins``.
 * ``dovecot_lmtp``, ``dovecot_lda``: private Dovecot (``support.dovecot``)
 * ``maildrop_box``: Maildir and filter for maildrop (``support.maildrop``)
 * ``wsgi_server``: factory, gevent WSGI server in the test's hub (``support.wsgi_server``)
+* ``redis_server``: session, a private redis-server (``support.redis_server``)
 """
 
 from support.aiosmtpd_server import aiosmtpd_server
 from support.dovecot import _dovecot_instance, dovecot_lda, dovecot_lmtp
 from support.maildrop import maildrop_box
+from support.redis_server import redis_prefix, redis_server
 from support.smtp_sink import smtp_sink
 from support.tls import tls_cert
 from support.wsgi_server import wsgi_server
@@ -24,6 +26,8 @@ __all__ = [
     "dovecot_lda",
     "dovecot_lmtp",
     "maildrop_box",
+    "redis_prefix",
+    "redis_server",
     "smtp_sink",
     "tls_cert",
     "wsgi_server",

@@ -1,0 +1,124 @@
+"""A versioned byte format for envelopes at rest, shared by the durable stores.
+
+A stored envelope is three parts::
+
+    SLIMTA-ENVELOPE 1\\r\\n
+    <one line of JSON: sender, recipients, client, receiver, timestamp, ...>\\r\\n
+    <the message, exactly as Envelope.flatten() gives it>
+
+The message is stored as bytes, never re-encoded, so what is delivered after a
+restart is what was received (with the header fields code changed). The version
+number lets a newer release read what an older one wrote. Attributes a program
+set on the envelope itself travel too (pickled, as python-slimta's stores did).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import pickle
+from typing import Any
+
+from slimta.envelope import Envelope
+
+__all__ = ["MAGIC", "VERSION", "CodecError", "dump_parts", "dumps", "loads"]
+
+#: The first bytes of every stored envelope.
+MAGIC = b"SLIMTA-ENVELOPE "
+#: The format version written by this release.
+VERSION = 1
+
+_KNOWN = frozenset(
+    {"sender", "recipients", "headers", "message", "client", "receiver", "timestamp"}
+)
+_PRIVATE_PREFIX = "_"
+
+
+class CodecError(ValueError):
+    """Stored bytes that are not an envelope this release can read."""
+
+
+def dump_parts(envelope: Envelope) -> list[bytes]:
+    """The stored form of ``envelope`` as a list of byte strings to write in order.
+
+    The message body is one of them, unjoined, so a large body is not copied.
+    """
+    if envelope.message is None:
+        header, body, has_message = b"", b"", False
+    elif envelope.headers is None:
+        header, body, has_message = b"", envelope.message, True
+    else:
+        header, body = envelope.flatten()
+        has_message = True
+    extra = {
+        key: value
+        for key, value in vars(envelope).items()
+        if key not in _KNOWN and not key.startswith(_PRIVATE_PREFIX)
+    }
+    meta: dict[str, Any] = {
+        "sender": envelope.sender,
+        "recipients": list(envelope.recipients),
+        "receiver": envelope.receiver,
+        "timestamp": envelope.timestamp,
+        "has_message": has_message,
+        "has_headers": envelope.headers is not None,
+    }
+    try:
+        client = json.loads(json.dumps(envelope.client))
+    except (TypeError, ValueError):
+        client = None
+    if client is not None and client == envelope.client:
+        meta["client"] = client
+    else:  # not plain JSON (tuples, bytes, objects): keep the exact values
+        extra["client"] = envelope.client
+    if extra:
+        meta["pickled"] = base64.b64encode(pickle.dumps(extra, protocol=4)).decode("ascii")
+    line = json.dumps(meta, separators=(",", ":"), ensure_ascii=True).encode("ascii")
+    return [MAGIC + str(VERSION).encode("ascii") + b"\r\n" + line + b"\r\n", header, body]
+
+
+def dumps(envelope: Envelope) -> bytes:
+    """The stored form of ``envelope``."""
+    return b"".join(dump_parts(envelope))
+
+
+def loads(data: bytes) -> Envelope:
+    """Read an envelope written by :func:`dumps`.
+
+    :raises CodecError: the bytes are not a stored envelope, or were written by a
+        newer format version.
+    """
+    if not data.startswith(MAGIC):
+        raise CodecError("not a stored envelope")
+    first = data.find(b"\r\n")
+    second = data.find(b"\r\n", first + 2) if first >= 0 else -1
+    if second < 0:
+        raise CodecError("truncated stored envelope")
+    try:
+        version = int(data[len(MAGIC) : first])
+        meta = json.loads(data[first + 2 : second])
+    except ValueError as exc:
+        raise CodecError(f"corrupt stored envelope: {exc}") from None
+    if version > VERSION or version < 1:
+        raise CodecError(f"stored envelope format {version} is not supported")
+    if not isinstance(meta, dict) or not isinstance(meta.get("recipients"), list):
+        raise CodecError("corrupt stored envelope: bad metadata")
+    envelope = Envelope(meta.get("sender"), [str(r) for r in meta["recipients"]])
+    if meta.get("has_message", True):
+        message = data[second + 2 :]
+        if meta.get("has_headers", True):
+            envelope.parse(message)
+        else:
+            envelope.message = message
+    envelope.client = dict(meta.get("client") or {})
+    envelope.receiver = meta.get("receiver")
+    envelope.timestamp = meta.get("timestamp")
+    pickled = meta.get("pickled")
+    if pickled:
+        try:
+            extra = pickle.loads(base64.b64decode(pickled))
+        except Exception as exc:
+            raise CodecError(f"corrupt stored envelope attributes: {exc}") from None
+        for key, value in extra.items():
+            setattr(envelope, key, value)
+    return envelope

@@ -1,0 +1,278 @@
+"""A :class:`~slimta.queue.QueueStorage` on Redis, through redis-py.
+
+Install with the ``redis`` extra: ``pip install 'slimta-relay[redis]'``.
+
+Each message is one hash, ``<prefix><id>``: the envelope in the versioned format
+of :mod:`slimta.queue.codec` (message bytes as received), the next attempt's
+time, the attempt count, the number of recipients and which of them are done.
+The IDs of stored messages are kept in the set ``<prefix>ids`` (what
+:meth:`RedisStorage.load` reads, without scanning the key space), and each new
+ID is pushed on the list ``<prefix>queue`` for :meth:`RedisStorage.wait`.
+
+Each operation is one round trip: writes go out as one ``MULTI``/``EXEC``, and
+the updates that must not recreate a removed message (or must read before they
+write) run as small server-side scripts. Sockets are gevent's, so a slow Redis
+never blocks other greenlets. How durable a write is depends on the server's
+persistence settings: with ``appendonly yes`` and ``appendfsync always`` an
+acknowledged write survives a crash of Redis itself.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, TypeVar
+
+import redis
+from gevent import socket as gsocket
+
+from slimta.envelope import Envelope
+from slimta.logging import getQueueStorageLogger
+from slimta.queue import QueueError, QueueStorage
+from slimta.queue.codec import CodecError, dumps, loads
+
+__all__ = ["RedisStorage", "GeventConnection"]
+
+_log = logging.getLogger(__name__)
+log = getQueueStorageLogger(__name__)
+
+_T = TypeVar("_T")
+
+#: The version written in each message's hash.
+FORMAT_VERSION = 1
+
+# KEYS[1] the message; ARGV[1] the field, ARGV[2] the value. Nothing is created
+# for a message that is gone.
+_SET_IF_EXISTS = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return redis.error_reply('NOKEY') end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+return 1
+"""
+
+_INCR_IF_EXISTS = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return redis.error_reply('NOKEY') end
+return redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+"""
+
+# KEYS[1] the message; ARGV the indexes (into the recipients not yet done) of
+# the recipients now done. Stores the original indexes of every done recipient.
+_MARK_DELIVERED = """
+local n = tonumber(redis.call('HGET', KEYS[1], 'recipients'))
+if not n then return redis.error_reply('NOKEY') end
+local done = {}
+local raw = redis.call('HGET', KEYS[1], 'delivered')
+if raw then
+  for i in string.gmatch(raw, '%d+') do done[tonumber(i)] = true end
+end
+local remaining = {}
+for i = 0, n - 1 do
+  if not done[i] then remaining[#remaining + 1] = i end
+end
+for _, a in ipairs(ARGV) do
+  local index = remaining[tonumber(a) + 1]
+  if index ~= nil then done[index] = true end
+end
+local out = {}
+for i = 0, n - 1 do
+  if done[i] then out[#out + 1] = tostring(i) end
+end
+redis.call('HSET', KEYS[1], 'delivered', table.concat(out, ','))
+return #out
+"""
+
+
+class GeventConnection(redis.Connection):
+    """A redis-py connection over a gevent socket (cooperative without monkey-patching)."""
+
+    def _connect(self) -> socket.socket:
+        sock: Any = gsocket.create_connection(
+            (self.host, self.port), timeout=self.socket_connect_timeout
+        )
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.settimeout(self.socket_timeout)
+        return sock
+
+
+class RedisStorage(QueueStorage):
+    """Stores the queue in Redis.
+
+    :param host: the Redis server's host name or address.
+    :param port: its port.
+    :param db: the database number.
+    :param password: the password, if the server asks for one.
+    :param socket_timeout: seconds to wait for Redis before an operation fails
+        (``None``: no limit).
+    :param prefix: put in front of every key this store creates.
+    """
+
+    def __init__(
+        self,
+        host: str = "localhost",
+        port: int = 6379,
+        db: int = 0,
+        password: str | None = None,
+        socket_timeout: float | None = None,
+        prefix: str = "slimta:",
+    ) -> None:
+        super().__init__()
+        pool = redis.ConnectionPool(
+            connection_class=GeventConnection,
+            host=host,
+            port=port,
+            db=db,
+            password=password,
+            socket_timeout=socket_timeout,
+            socket_connect_timeout=socket_timeout,
+        )
+        #: The redis-py client.
+        self.redis: Any = redis.Redis(connection_pool=pool)
+        self.prefix = prefix
+        self.queue_key = prefix + "queue"
+        self.ids_key = prefix + "ids"
+        # BLPOP must give up before the socket does; an empty answer just means
+        # wait() is called again.
+        self._block_for = 5.0 if socket_timeout is None else max(0.1, socket_timeout / 2)
+        self._set_if_exists = self.redis.register_script(_SET_IF_EXISTS)
+        self._incr_if_exists = self.redis.register_script(_INCR_IF_EXISTS)
+        self._mark_delivered = self.redis.register_script(_MARK_DELIVERED)
+
+    def _key(self, id: str | bytes) -> str:
+        if isinstance(id, bytes):
+            id = id.decode("ascii")
+        return self.prefix + id
+
+    def _call(self, id: str | None, func: Callable[[], _T]) -> _T:
+        try:
+            return func()
+        except redis.ResponseError as exc:
+            if id is not None and "NOKEY" in str(exc):
+                raise KeyError(id) from None
+            raise QueueError(f"redis storage: {exc}") from exc
+        except redis.RedisError as exc:
+            raise QueueError(f"redis storage: {exc}") from exc
+
+    def write(self, envelope: Envelope, timestamp: float) -> str:
+        """Store the message, its metadata, its ID and the wake-up entry in one transaction.
+
+        :raises slimta.queue.QueueError: Redis refused it or could not be reached.
+        """
+        data = dumps(envelope)
+        id = uuid.uuid4().hex
+        mapping = {
+            "v": FORMAT_VERSION,
+            "envelope": data,
+            "timestamp": repr(float(timestamp)),
+            "attempts": 0,
+            "recipients": len(envelope.recipients),
+        }
+
+        def work() -> None:
+            pipe = self.redis.pipeline(transaction=True)
+            pipe.hset(self._key(id), mapping=mapping)
+            pipe.sadd(self.ids_key, id)
+            pipe.rpush(self.queue_key, json.dumps([float(timestamp), id]))
+            pipe.execute()
+
+        self._call(None, work)
+        log.write(id, envelope)
+        return id
+
+    def set_timestamp(self, id: str, timestamp: float) -> None:
+        """Set when the next attempt is due.
+
+        :raises KeyError: no such message.
+        """
+        value = repr(float(timestamp))
+        self._call(id, lambda: self._set_if_exists(keys=[self._key(id)], args=["timestamp", value]))
+        log.update_meta(id, timestamp=timestamp)
+
+    def increment_attempts(self, id: str) -> int:
+        """Count one more attempt; returns the new count.
+
+        :raises KeyError: no such message.
+        """
+        attempts = int(self._call(id, lambda: self._incr_if_exists(keys=[self._key(id)])))
+        log.update_meta(id, attempts=attempts)
+        return attempts
+
+    def set_recipients_delivered(self, id: str, rcpt_indexes: Sequence[int]) -> None:
+        """Record recipients as done, by their indexes in the envelope :meth:`get` gave.
+
+        :raises KeyError: no such message.
+        """
+        args = [int(i) for i in rcpt_indexes]
+        self._call(id, lambda: self._mark_delivered(keys=[self._key(id)], args=args))
+        log.update_meta(id, delivered_indexes=args)
+
+    def load(self) -> Iterator[tuple[float, str]]:
+        """Every stored message, as ``(timestamp, id)``."""
+
+        def work() -> list[tuple[float, str]]:
+            ids = [i.decode("ascii") for i in self.redis.smembers(self.ids_key)]
+            pipe = self.redis.pipeline(transaction=False)
+            for id in ids:
+                pipe.hget(self._key(id), "timestamp")
+            found = []
+            for id, raw in zip(ids, pipe.execute(), strict=True):
+                if raw is None:
+                    continue  # removed meanwhile
+                try:
+                    found.append((float(raw), id))
+                except ValueError:
+                    _log.error("redis storage: bad timestamp for %s: %r", id, raw)
+            return found
+
+        return iter(self._call(None, work))
+
+    def get(self, id: str) -> tuple[Envelope, int]:
+        """The envelope (without recipients already done) and its attempt count.
+
+        :raises KeyError: no such message.
+        :raises slimta.queue.QueueError: Redis failed, or the stored bytes are unreadable.
+        """
+        fields = self._call(
+            None,
+            lambda: self.redis.hmget(self._key(id), ["envelope", "attempts", "delivered"]),
+        )
+        raw, attempts, delivered = fields
+        if raw is None:
+            raise KeyError(id)
+        try:
+            envelope = loads(raw)
+        except CodecError as exc:
+            raise QueueError(f"redis storage: message {id}: {exc}") from exc
+        if delivered:
+            done = [int(i) for i in delivered.split(b",") if i]
+            self._remove_delivered_rcpts(envelope, done)
+        return envelope, int(attempts or 0)
+
+    def remove(self, id: str) -> None:
+        """Delete the message and its ID."""
+
+        def work() -> None:
+            pipe = self.redis.pipeline(transaction=True)
+            pipe.delete(self._key(id))
+            pipe.srem(self.ids_key, id)
+            pipe.execute()
+
+        self._call(None, work)
+        log.remove(id)
+
+    def wait(self) -> list[tuple[float, str]]:
+        """Block until another process stores a message; returns its ``(timestamp, id)``."""
+        popped = self._call(None, lambda: self.redis.blpop([self.queue_key], self._block_for))
+        if not popped:
+            return []
+        try:
+            timestamp, id = json.loads(popped[1])
+            return [(float(timestamp), str(id))]
+        except (ValueError, TypeError):
+            _log.error("redis storage: bad queue entry %r", popped)
+            return []
+
+    def get_info(self) -> dict[str, Any]:
+        """``{'size': <messages stored>}``."""
+        return {"size": int(self._call(None, lambda: self.redis.scard(self.ids_key)))}
