@@ -38,7 +38,6 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import gevent
-import gevent.socket
 from gevent.event import AsyncResult
 
 from slimta.http import HTTPConnection, HTTPSConnection, get_connection
@@ -56,6 +55,7 @@ from slimta.relay._http_client import (
 )
 from slimta.relay.pool import RelayPool, RelayPoolClient
 from slimta.relay.smtp import SmtpRelayError
+from slimta.relay.smtp._connect import local_fqdn
 from slimta.smtp.reply import Reply, timed_out
 
 if TYPE_CHECKING:
@@ -91,7 +91,8 @@ class HttpRelay(RelayPool):
         the server certificate is verified against the system's trusted CAs.
         Any context works cooperatively (see :mod:`slimta.http`).
     :param ehlo_as: the ``X-Ehlo`` value: a string, or a callable with no
-        arguments run for each new connection. Default: this host's FQDN.
+        arguments run for each new connection. Default: this host's FQDN,
+        which the ``ehlo_as`` attribute then holds.
     :param timeout: seconds allowed for connecting, sending the request and
         reading the response, all together; ``None`` waits forever.
     :param idle_timeout: seconds a client keeps an idle connection open waiting
@@ -119,10 +120,10 @@ class HttpRelay(RelayPool):
         super().__init__(pool_size)
         self.url = urlsplit(url, "http")
         self.context = context
-        self.ehlo_as = ehlo_as
+        # The resolved default is stored, as python-slimta does.
+        self.ehlo_as: str | Callable[[], str] = ehlo_as or local_fqdn()
         self.timeout = timeout
         self.idle_timeout = idle_timeout
-        self._default_ehlo: str | None = None
 
     def add_client(self) -> HttpRelayClient:
         """Return a new :class:`HttpRelayClient` for this relay."""
@@ -133,12 +134,8 @@ class HttpRelay(RelayPool):
         ehlo_as = self.ehlo_as
         if callable(ehlo_as):
             return ehlo_as()
-        if ehlo_as:
-            return ehlo_as
-        if self._default_ehlo is None:
-            # Looked up once, cooperatively, rather than at construction time.
-            self._default_ehlo = gevent.socket.getfqdn()
-        return self._default_ehlo
+        # A program may have set the attribute to None or '' after construction.
+        return ehlo_as or local_fqdn()
 
 
 def _b64(value: str) -> str:
@@ -308,7 +305,7 @@ class HttpRelayClient(RelayPoolClient):
         if body:
             conn.send(body)
         response = conn.getresponse()
-        http_log.response(conn, response.status, response.getheaders())
+        http_log.response(conn, f"{response.status} {response.reason}", response.getheaders())
         answer = Answer(response.status, response.reason, response.getheader(SMTP_REPLY_HEADER))
         # From here the outcome is known; failing to read the rest of the body
         # only costs the connection, never the answer.

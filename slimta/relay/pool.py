@@ -63,6 +63,10 @@ class RelayPool(Relay):
         if self.queue:
             self._check_idle()
 
+    # python-slimta's names for these two, kept for subclasses that call them.
+    _add_client = _start_client
+    _remove_client = _client_exited
+
     def _check_idle(self) -> None:
         if self.pool_size is not None and len(self.pool) >= self.pool_size:
             return
@@ -122,7 +126,8 @@ class RelayPoolClient(gevent.Greenlet):
         try:
             with gevent.Timeout(self.idle_timeout, False):
                 item = self.queue.popleft()
-                self._pending = item[0]
+                # A subclass's pool may queue other items: only a request is tracked.
+                self._pending = item[0] if isinstance(item, tuple) else None
                 return item
             return None, None
         finally:

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
     from slimta.envelope import Envelope
 
-__all__ = ["Plan", "RcptOutcome", "plan_transaction", "raise_if_uniform"]
+__all__ = ["Plan", "RcptOutcome", "in_envelope_order", "plan_transaction", "raise_if_uniform"]
 
 #: One recipient's outcome in a per-recipient result.
 RcptOutcome = Union[Reply, None, RelayError]
@@ -118,6 +118,18 @@ def _address_refusal(address: str, utf8_ok: bool, esc: str, command: bytes) -> R
     if not address.isascii() and not utf8_ok:
         return Reply("553", "5.6.7 Non-ASCII address but the server lacks SMTPUTF8", command)
     return None
+
+
+def in_envelope_order(
+    order: Iterable[str], outcomes: Mapping[str, RcptOutcome]
+) -> dict[str, RcptOutcome]:
+    """``outcomes`` keyed in the order the envelope lists its recipients (Compat).
+
+    python-slimta builds its per-recipient result from the envelope's
+    recipients, so programs may read it by position; a recipient listed twice
+    keeps its first position. Recipients without an outcome are left out.
+    """
+    return {rcpt: outcomes[rcpt] for rcpt in order if rcpt in outcomes}
 
 
 def raise_if_uniform(order: Iterable[str], outcomes: Mapping[str, RcptOutcome]) -> None:

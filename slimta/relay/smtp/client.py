@@ -28,7 +28,13 @@ from slimta.relay.smtp._connect import SocketCreator as SocketCreator
 from slimta.relay.smtp._connect import default_socket_creator as default_socket_creator
 from slimta.relay.smtp._connect import local_fqdn
 from slimta.relay.smtp._failures import Abort, TlsFailure, reply_for_exception, server_error
-from slimta.relay.smtp._plan import Plan, RcptOutcome, plan_transaction, raise_if_uniform
+from slimta.relay.smtp._plan import (
+    Plan,
+    RcptOutcome,
+    in_envelope_order,
+    plan_transaction,
+    raise_if_uniform,
+)
 from slimta.smtp import ConnectionLost
 from slimta.smtp._wire import check_ehlo_name
 from slimta.smtp.client import Client
@@ -78,9 +84,13 @@ class SmtpRelayClient(RelayPoolClient):
     :param queue: the pool's request queue.
     :param socket_creator: ``f(address) -> socket``, called with one argument
         inside ``connect_timeout``. Defaults to
-        :func:`gevent.socket.create_connection` (or a unix-socket connect).
+        :func:`gevent.socket.create_connection` (a direct connect for an
+        address literal, a unix-socket connect for a path); the
+        ``socket_creator`` attribute holds the one in use, so a subclass can
+        call it.
     :param ehlo_as: the name to greet with, or ``f(address) -> str`` called on
-        each connection. Defaults to the host's FQDN.
+        each connection. Defaults to the host's FQDN, which the
+        ``ehlo_as`` attribute then holds.
     :param context: :class:`ssl.SSLContext` for STARTTLS and implicit TLS;
         ``None`` builds :func:`ssl.create_default_context` when TLS is first used.
     :param auth_mechanism: forces a SASL mechanism, e.g. ``'CRAM-MD5'``.
@@ -92,7 +102,8 @@ class SmtpRelayClient(RelayPoolClient):
     :param connect_timeout: seconds to connect.
     :param command_timeout: seconds for each command and its reply.
     :param data_timeout: seconds to send the message and read the final
-        reply or replies; ``None`` uses ``command_timeout``.
+        reply or replies; ``None`` uses ``command_timeout`` (the
+        ``data_timeout`` attribute then holds that value).
     :param idle_timeout: seconds to keep an idle connection open for the next
         envelope; ``None`` sends ``QUIT`` after one envelope.
     :param credentials: ``(authcid, secret[, authzid])``, or a callable
@@ -125,15 +136,17 @@ class SmtpRelayClient(RelayPoolClient):
     ) -> None:
         super().__init__(queue, idle_timeout)
         self.address = address
-        self.socket_creator = socket_creator
-        self.ehlo_as = ehlo_as
+        # Resolved defaults are stored, as python-slimta does: a subclass that
+        # overrides _run() may call self.socket_creator(address) itself.
+        self.socket_creator: SocketCreator = socket_creator or default_socket_creator
+        self.ehlo_as: str | Callable[[Address], str] = ehlo_as or local_fqdn()
         self.context = context
         self.auth_mechanism = auth_mechanism
         self.tls_immediately = tls_immediately
         self.tls_required = tls_required
         self.connect_timeout = connect_timeout
         self.command_timeout = command_timeout
-        self.data_timeout = data_timeout
+        self.data_timeout = command_timeout if data_timeout is None else data_timeout
         self.credentials = credentials
         self.binary_encoder = binary_encoder
         self.allow_insecure_auth = allow_insecure_auth
@@ -218,13 +231,24 @@ class SmtpRelayClient(RelayPoolClient):
         if not isinstance(exc, (Abort, TlsFailure)):
             self._usable = False  # the stream is broken or out of sync: no QUIT
         last = self.client.last_error if self.client is not None else None
-        return SmtpRelayError.factory(reply_for_exception(exc, self.current_command, last))
+        return SmtpRelayError.factory(self._reply_for(exc, self.current_command, last))
+
+    def _reply_for(self, exc: BaseException, command: bytes | None, last: Reply | None) -> Reply:
+        """The reply reporting ``exc``, naming this connection's peer as its ``address``.
+
+        As in python-slimta, a reply made up here (a timeout, a lost connection)
+        carries the server's address, as one the server sent does; a bounce
+        names it as the remote MTA.
+        """
+        reply = reply_for_exception(exc, command, last)
+        if reply.address is None:
+            reply.address = self.address
+        return reply
 
     def _connect(self) -> None:
         self.current_command = b"[CONNECT]"
-        creator = self.socket_creator or default_socket_creator
         with gevent.Timeout(self.connect_timeout):
-            self.socket = creator(self.address)
+            self.socket = self.socket_creator(self.address)
         self.client = self._client_class(self.socket, self.address)
         self._usable = True
         if self.tls_immediately:
@@ -365,22 +389,23 @@ class SmtpRelayClient(RelayPoolClient):
     def _disconnect(self) -> None:
         client, sock = self.client, self.socket
         self.client = self.socket = None
+        closed = False  # each socket object is closed once
         try:
             if client is not None and self._usable:
                 try:
                     with gevent.Timeout(self.command_timeout):
                         client.quit()
                         client.io.close()
+                        closed = True
                 except (Exception, gevent.Timeout):
                     pass  # best effort: the server may already be gone
         finally:
             self._usable = False
-            if sock is not None:
+            raw = getattr(client.io, "socket", None) if client is not None else None
+            if raw is not None and raw is not sock and not closed:
+                raw.close()  # the TLS wrapper
+            if sock is not None and not (closed and raw is sock):
                 sock.close()
-            if client is not None:
-                raw = getattr(client.io, "socket", None)
-                if raw is not None and raw is not sock:
-                    raw.close()  # the TLS wrapper
 
     # -- one envelope ------------------------------------------------------------
     def _deliver(
@@ -395,7 +420,7 @@ class SmtpRelayClient(RelayPoolClient):
         except RelayError:
             raise
         except Exception as exc:  # nothing was sent: the session goes on
-            raise SmtpRelayError.factory(reply_for_exception(exc, b"MAIL"))
+            raise SmtpRelayError.factory(self._reply_for(exc, b"MAIL", None))
         return self._transaction(plan, reused)
 
     def _transaction(
@@ -442,7 +467,8 @@ class SmtpRelayClient(RelayPoolClient):
         if not accepted:
             self._resync(data)
             raise_if_uniform(plan.order, outcomes)
-            return outcomes  # mixed classes: each recipient keeps its own
+            # Mixed classes: each recipient keeps its own.
+            return in_envelope_order(plan.order, outcomes)
         assert data is not None
         if data.code != "354":
             raise server_error(data)
@@ -450,7 +476,7 @@ class SmtpRelayClient(RelayPoolClient):
         timeout = self.data_timeout if self.data_timeout is not None else self.command_timeout
         with gevent.Timeout(timeout):
             outcomes.update(self._send_message(plan, accepted))
-        return outcomes
+        return in_envelope_order(plan.order, outcomes)
 
     def _send_envelope(
         self, plan: Plan, replies: list[Reply]

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 import gevent
 
 from slimta.relay.smtp import SmtpRelayError
-from slimta.relay.smtp._failures import reply_for_exception, server_error
+from slimta.relay.smtp._failures import server_error
 from slimta.relay.smtp._plan import Plan, RcptOutcome
 from slimta.relay.smtp.client import SmtpRelayClient
 from slimta.smtp.client import LmtpClient
@@ -58,7 +58,7 @@ class LmtpRelayClient(SmtpRelayClient):
                 raise
             self._usable = False
             lost = SmtpRelayError.factory(
-                reply_for_exception(exc, self.current_command, client.last_error)
+                self._reply_for(exc, self.current_command, client.last_error)
             )
             replies = received
             for rcpt in accepted[len(received) :]:

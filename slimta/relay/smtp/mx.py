@@ -298,7 +298,7 @@ class MxSmtpRelay(Relay):
 
         With a single domain the result (or error) of that delivery is returned
         (or raised) unchanged. With several, one dict over all recipients merges
-        the groups' outcomes.
+        the groups' outcomes, keyed in the order the envelope lists them.
         """
         groups: dict[str, list[str]] = {}
         failed: dict[str, RelayError] = {}
@@ -337,7 +337,8 @@ class MxSmtpRelay(Relay):
                     merged[rcpt] = outcome.get(rcpt, _missing_result(rcpt))
                 else:
                     merged[rcpt] = outcome
-        return merged
+        # Compat: one entry per recipient, in the envelope's order (first position wins).
+        return {rcpt: merged[rcpt] for rcpt in envelope.recipients if rcpt in merged}
 
     @staticmethod
     def _outcome(job: gevent.Greenlet) -> Any:
