@@ -1,6 +1,8 @@
-"""Drop-in compatibility: python-slimta 5.0.5's public relay-layer API still holds.
+"""Drop-in compatibility: python-slimta 5.0.5's public API still holds.
 
-``test/data/python_slimta_api.json`` is a snapshot of the original's public names,
+``test/data/python_slimta_api.json`` (the relay layer) and
+``python_slimta_api_upper.json`` (the queue, bounces, policies and logging modules
+implemented so far) are snapshots of the original's public names,
 class members and parameters, written by ``scripts/api_snapshot.py`` from an installed
 python-slimta. Every module must export the same names; every class keeps its members;
 every function and method keeps its parameters in order, with the same kinds and
@@ -16,9 +18,10 @@ import os
 
 import pytest
 
-SNAPSHOT = os.path.join(os.path.dirname(__file__), "data", "python_slimta_api.json")
-with open(SNAPSHOT) as _f:
-    ORIGINAL = json.load(_f)
+ORIGINAL: dict = {}
+for _snapshot in ("python_slimta_api.json", "python_slimta_api_upper.json"):
+    with open(os.path.join(os.path.dirname(__file__), "data", _snapshot)) as _f:
+        ORIGINAL.update(json.load(_f))
 
 #: Names API.md requires that are importable without being in ``__all__``.
 EXTRA_NAMES = {

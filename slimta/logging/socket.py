@@ -48,6 +48,10 @@ class SocketLogger(_BaseLogger):
 
     kind = "fd"
 
+    def __init__(self, logger: Any) -> None:
+        # python-slimta names this parameter ``logger`` here and ``log`` elsewhere.
+        super().__init__(logger)
+
     def send(self, socket: Any, data: bytes, secret: bool = False) -> None:
         """Data written. With ``secret``, or for an ``AUTH`` command, it is masked."""
         if not self.logger.isEnabledFor(logging.DEBUG):
