@@ -51,6 +51,7 @@ def test_every_example_is_tested() -> None:
         "lmtp_dovecot.py",
         "http_relay.py",
         "maildrop_delivery.py",
+        "queue_disk.py",
     }
     assert {path.name for path in EXAMPLES.glob("*.py")} == tested
 
@@ -159,3 +160,29 @@ def test_maildrop_delivery_failure(maildrop_box: MaildropBox, code: int, word: s
     assert status == 1
     assert word in output
     assert maildrop_box.messages() == []
+
+
+def test_queue_disk(smtp_sink: SmtpSinkFactory, tmp_path: Path) -> None:
+    sink = smtp_sink()
+    message = tmp_path / "message.eml"
+    raw = (
+        b"From:  Me <me@example.com>\r\nTo: you@example.net\r\nSubject: queued\r\n"
+        b'Content-Type: multipart/alternative; boundary="b"\r\n\r\n'
+        b"--b\r\nContent-Type: text/plain\r\n\r\nhello\r\n--b--\r\n"
+    )
+    message.write_bytes(raw)
+    spool = tmp_path / "spool"
+    status, output = run_example(
+        "queue_disk.py", "--spool", str(spool), "--host", sink.host, "--port", str(sink.port),
+        "--from", "me@example.com", "--to", "you@example.net", str(message),
+    )  # fmt: skip
+    assert status == 0, output
+    assert "queued as" in output and "left in the spool: 0" in output
+    [received] = sink.messages()
+    assert received.mail_from == "me@example.com" and received.rcpt_to == ["you@example.net"]
+    # Three new fields on top; the message itself arrives byte for byte.
+    head, _, rest = received.data.partition(b"From:  Me")
+    assert head.startswith(b"Received: ") and b"\r\nDate: " in head
+    assert b"\r\nMessage-Id: " in head or b"\r\nMessage-ID: " in head
+    assert b"From:  Me" + rest == raw
+    assert os.listdir(spool / "meta") == [] and os.listdir(spool / "env") == []
