@@ -46,3 +46,49 @@ def test_all_names_exist():
         module = importlib.import_module(name)
         for attr in module.__all__:
             assert hasattr(module, attr), (name, attr)
+
+
+def _version_with_metadata(versions: dict) -> str:
+    """slimta.core.__version__ imported afresh in a child whose metadata holds ``versions``."""
+    code = (
+        "import importlib.metadata as m, json, sys\n"
+        f"versions = {versions!r}\n"
+        "def version(name):\n"
+        "    if name not in versions:\n"
+        "        raise m.PackageNotFoundError(name)\n"
+        "    if isinstance(versions[name], Exception):\n"
+        "        raise versions[name]\n"
+        "    return versions[name]\n"
+        "m.version = version\n"
+        "import slimta.core\n"
+        "print(slimta.core.__version__)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
+    return out.stdout.strip()
+
+
+def _setup_py_version() -> str:
+    import os
+    import re
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with open(os.path.join(root, "setup.py")) as f:
+        found = re.search(r'version="([^"]+)"', f.read())
+    assert found
+    return found.group(1)
+
+
+def test_version_is_our_distributions():
+    assert _version_with_metadata({"slimta-relay": "9.8.7", "python-slimta": "5.0.5"}) == "9.8.7"
+
+
+def test_version_never_reads_another_distribution():
+    # slimta-relay's metadata missing, python-slimta's present: never "5.0.5".
+    got = _version_with_metadata({"python-slimta": "5.0.5"})
+    assert got != "5.0.5"
+    assert got == slimta.core._FALLBACK_VERSION == _setup_py_version()
+
+
+def test_broken_metadata_falls_back_to_the_literal():
+    got = _version_with_metadata({"slimta-relay": ValueError("broken"), "python-slimta": "5.0.5"})
+    assert got == _setup_py_version()

@@ -286,10 +286,13 @@ def test_per_recipient_mapping_records_delivered_first_then_bounces_then_retries
     relay.wait_calls(2)
     settle(queue)
     assert relay.calls == [(["ok@x.test", "bad@x.test", "later@x.test"], 0), (["later@x.test"], 1)]
+    # Delivered first; the failure is recorded once its bounce is queued (the
+    # index is into what the store then holds: "bad" is first of what is left).
     assert events == [
         ("write", id),
-        ("delivered", id, [0, 1]),
+        ("delivered", id, [0]),
         ("bounce", ["sender@src.test"]),
+        ("delivered", id, [0]),
         ("increment_attempts", id),
         ("set_timestamp", id),
         ("remove", id),
@@ -345,9 +348,9 @@ def test_permanent_failure_records_bounces_and_removes(make_queue, store, bounce
     [(_, id)] = queue.enqueue(make_env("a@x.test", "b@x.test"))
     relay.wait_calls(1)
     settle(queue)
+    # Bounced before anything is recorded: a crash can repeat a bounce, never lose one.
     assert events == [
         ("write", id),
-        ("delivered", id, [0, 1]),
         ("bounce", ["sender@src.test"]),
         ("remove", id),
     ]
@@ -677,8 +680,17 @@ def test_queue_storage_is_an_interface() -> None:
 
 
 class BrokenLoadStore(RecordingStore):
+    def __init__(self, failures: int = 1_000_000) -> None:
+        super().__init__()
+        self.failures = failures
+        self.loads = gevent.queue.Queue()
+
     def load(self) -> Iterator[tuple[float, str]]:
-        raise OSError("cannot list the spool")
+        self.loads.put(None)
+        if self.failures > 0:
+            self.failures -= 1
+            raise OSError("cannot list the spool")
+        return super().load()
 
 
 def test_a_store_that_cannot_load_is_logged_and_the_queue_keeps_working(caplog) -> None:
@@ -687,8 +699,8 @@ def test_a_store_that_cannot_load_is_logged_and_the_queue_keeps_working(caplog) 
     queue = Queue(store, relay)
     with caplog.at_level(logging.ERROR, logger="slimta.queue"):
         queue.start()
+        store.loads.get(timeout=GUARD_SECONDS)
         gevent.idle()
-        queue._helpers.join(timeout=GUARD_SECONDS)
     try:
         assert "cannot list the spool" in caplog.text and not queue.dead
         queue.enqueue(make_env())
@@ -697,6 +709,27 @@ def test_a_store_that_cannot_load_is_logged_and_the_queue_keeps_working(caplog) 
         assert store.get_info()["size"] == 0
     finally:
         queue.kill()
+
+
+def test_a_failed_load_is_tried_again_so_stored_messages_are_not_stranded(
+    monkeypatch, caplog
+) -> None:
+    monkeypatch.setattr("slimta.queue.STORE_RETRY_SECONDS", 0.01)
+    store = BrokenLoadStore(failures=2)
+    id = store.write(make_env(), 0.0)
+    relay = ScriptedRelay(None)
+    queue = Queue(store, relay)
+    with caplog.at_level(logging.ERROR, logger="slimta.queue"):
+        queue.start()
+        try:
+            relay.wait_calls(1)
+            settle(queue)
+            assert store.loads.qsize() == 3  # two failures, then the listing
+            assert ("remove", id) in store.events and store.get_info()["size"] == 0
+        finally:
+            queue.kill()
+    failures = [r for r in caplog.records if "cannot list the spool" in r.getMessage()]
+    assert len(failures) == 2
 
 
 def test_a_store_get_failure_is_retried_later_not_dropped(store, caplog) -> None:

@@ -10,19 +10,22 @@ from importlib import metadata as _metadata
 
 __all__ = ["SlimtaError"]
 
-#: Used when the package runs from a source tree with no distribution metadata.
+#: This distribution's name: the only metadata the version is read from.
+_DISTRIBUTION = "slimta-relay"
+
+#: Used when the package runs from a source tree with no distribution metadata
+#: (kept equal to the version in ``setup.py``).
 _FALLBACK_VERSION = "0.1.0"
 
 
 def _read_version() -> str:
-    for dist in ("slimta-relay", "python-slimta"):
-        try:
-            return _metadata.version(dist)
-        except _metadata.PackageNotFoundError:
-            continue
-        except Exception:  # broken metadata must not break imports
-            break
-    return _FALLBACK_VERSION
+    # Only our own distribution's metadata: python-slimta, installed next to
+    # us, is another project, and its version must never be reported as ours.
+    try:
+        version = _metadata.version(_DISTRIBUTION)
+    except Exception:  # missing or broken metadata must not break imports
+        return _FALLBACK_VERSION
+    return version if isinstance(version, str) and version else _FALLBACK_VERSION
 
 
 __version__: str = _read_version()

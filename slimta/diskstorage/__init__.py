@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
@@ -42,6 +43,11 @@ _T = TypeVar("_T")
 
 #: The version written in each metadata file.
 META_VERSION = 1
+
+#: Leftovers of a crash (a temporary file, or an envelope whose metadata was
+#: never written or already removed) are deleted by :meth:`DiskStorage.load`
+#: once they are this old; no write or removal takes that long.
+ORPHAN_AGE_SECONDS = 3600.0
 
 
 def _fsync_dir(path: str) -> None:
@@ -113,8 +119,14 @@ class DiskStorage(QueueStorage):
     def _read_meta(self, id: str) -> dict[str, Any]:
         with open(self._meta_path(id), "rb") as f:
             meta = json.loads(f.read())
-        if not isinstance(meta, dict) or "timestamp" not in meta:
-            raise ValueError(f"bad metadata for {id}")
+        # Every field is checked here, so that nothing later trips over a bad type.
+        try:
+            float(meta["timestamp"])
+            int(meta.get("attempts", 0))
+            int(meta.get("recipients", 0))
+            [int(i) for i in meta.get("delivered", [])]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"bad metadata for {id}: {exc!r}") from None
         return meta
 
     def _write_meta(self, id: str, meta: dict[str, Any]) -> None:
@@ -202,7 +214,11 @@ class DiskStorage(QueueStorage):
         log.update_meta(id, delivered_indexes=indexes)
 
     def load(self) -> Iterator[tuple[float, str]]:
-        """Every message with readable metadata, as ``(timestamp, id)``."""
+        """Every message with readable metadata, as ``(timestamp, id)``.
+
+        Unreadable metadata is moved aside (``.corrupt``), and files left over
+        from a crash that are older than :data:`ORPHAN_AGE_SECONDS` are deleted.
+        """
         def listing() -> list[tuple[float, str]]:
             found = []
             for name in os.listdir(self.meta_dir):
@@ -216,26 +232,62 @@ class DiskStorage(QueueStorage):
                     continue  # removed meanwhile
                 except (OSError, ValueError, TypeError) as exc:
                     self._quarantine(self._meta_path(id), exc)
+            self._remove_orphans()
             return found
 
         return iter(self._in_thread(listing))
+
+    def _remove_orphans(self) -> None:
+        # A crash between the two writes of write(), or between the two unlinks
+        # of remove(), leaves an envelope with no metadata (never acknowledged,
+        # or already done); one during a write leaves a temporary file.
+        # Envelopes of quarantined (.corrupt) metadata are kept for a person.
+        too_old = time.time() - ORPHAN_AGE_SECONDS
+        candidates: list[tuple[str, str | None]] = [
+            (os.path.join(self.tmp_dir, name), None)
+            for name in os.listdir(self.tmp_dir)
+            if name.endswith(".tmp")
+        ]
+        candidates += [
+            (os.path.join(self.env_dir, name), name[: -len(".env")])
+            for name in os.listdir(self.env_dir)
+            if name.endswith(".env")
+        ]
+        for path, id in candidates:
+            try:
+                if os.stat(path).st_mtime > too_old:
+                    continue
+                if id is not None and (
+                    os.path.exists(self._meta_path(id))
+                    or os.path.exists(self._meta_path(id) + ".corrupt")
+                ):
+                    continue
+                os.unlink(path)
+            except OSError:
+                continue
+            _log.warning("disk storage: removed %s, left over from a crash", path)
 
     def get(self, id: str) -> tuple[Envelope, int]:
         """The envelope (without recipients already done) and its attempt count.
 
         :raises KeyError: no such message.
-        :raises slimta.queue.QueueError: the files cannot be read.
+        :raises slimta.queue.QueueError: the files cannot be read; when their
+            content is corrupt the metadata file is renamed with a ``.corrupt``
+            suffix, so the message is no longer listed and a later :meth:`get` raises
+            :exc:`KeyError`.
         """
         def work() -> tuple[Envelope, int]:
-            meta = self._read_meta(id)
-            with open(self._env_path(id), "rb") as f:
-                data = f.read()
             try:
+                meta = self._read_meta(id)
+                with open(self._env_path(id), "rb") as f:
+                    data = f.read()
                 envelope = loads(data)
-            except CodecError as exc:
+            except (CodecError, ValueError) as exc:
+                # Unlisted (its envelope file is left as it is, for an
+                # operator); the next get() raises KeyError.
                 self._quarantine(self._meta_path(id), exc)
                 raise
-            delivered = meta.get("delivered", [])
+            delivered = [int(i) for i in meta.get("delivered", [])]
             self._remove_delivered_rcpts(envelope, delivered)
             return envelope, int(meta.get("attempts", 0))
 

@@ -32,7 +32,15 @@ from slimta.policy import QueuePolicy
 from slimta.relay import PermanentRelayError, Relay, TransientRelayError
 from slimta.smtp.reply import Reply
 
-from ._outcome import Outcome, classify, default_backoff, group_by_reply, unhandled_reply
+from ._outcome import (
+    Outcome,
+    bounce_address,
+    classify,
+    default_backoff,
+    group_by_reply,
+    is_null_sender,
+    unhandled_reply,
+)
 
 __all__ = ["QueueError", "Queue", "QueueStorage"]
 
@@ -40,6 +48,10 @@ _log = logging.getLogger(__name__)
 
 #: After a store operation fails, it is tried again this many seconds later.
 STORE_RETRY_SECONDS = 60.0
+#: How many finished message IDs are remembered, so that an ID a store's
+#: load()/wait() handed out while enqueue() was still writing it (and that was
+#: delivered meanwhile) is not attempted a second time when enqueue() returns.
+FINISHED_MEMORY = 10_000
 
 Backoff = Callable[[Envelope, int], "float | None"]
 BounceFactory = Callable[[Envelope, Reply], "Envelope | None"]
@@ -215,6 +227,7 @@ class Queue(Greenlet):
         self.relay_pool = _as_pool(relay_pool)
         self._attempts: Group = self.relay_pool if self.relay_pool is not None else Group()
         self._helpers = Group()
+        self._finished: dict[str, None] = {}
         self._closed = False
         self._time: Callable[[], float] = time.time
 
@@ -256,6 +269,8 @@ class Queue(Greenlet):
         try:
             return str(self._store_call(self.store.write, envelope, timestamp))
         except QueueError as exc:
+            if exc.reply is None:  # a store's own error: still tell the edge what to say
+                exc.reply = Reply("451", "4.3.0 Could not store the message")
             return exc
         except Exception as exc:
             log_exception(__name__)
@@ -306,6 +321,11 @@ class Queue(Greenlet):
     def _start_new(self, id: str, envelope: Envelope) -> None:
         if self.relay is None or self._closed:
             return
+        if id in self.active_ids or id in self.queued_ids or id in self._finished:
+            # load() or wait() saw the message while store.write() was still
+            # returning, and it is already scheduled or even done: a second
+            # attempt would deliver it twice.
+            return
         pool = self.relay_pool
         if pool is not None and pool.full():
             # Never block the caller (an edge) on relay capacity: the run loop
@@ -327,17 +347,28 @@ class Queue(Greenlet):
     def _forget(self, id: str) -> None:
         self.active_ids.discard(id)
         self.queued_ids.discard(id)
+        # Remembered for a while, for _start_new(); oldest first out.
+        self._finished[id] = None
+        if len(self._finished) > FINISHED_MEMORY:
+            del self._finished[next(iter(self._finished))]
 
     def _retry_store_later(self, id: str) -> None:
         self.active_ids.discard(id)
         self._add_queued((self._time() + STORE_RETRY_SECONDS, id))
 
     def _load_all(self) -> None:
-        try:
-            for entry in self._store_call(lambda: list(self.store.load())):
+        # Until the store can be listed, what it already holds is not scheduled:
+        # keep trying, or those messages would wait for the next restart.
+        while not self._closed:
+            try:
+                entries = self._store_call(lambda: list(self.store.load()))
+            except Exception:
+                log_exception(__name__)
+                gevent.sleep(STORE_RETRY_SECONDS)
+                continue
+            for entry in entries:
                 self._add_queued(entry)
-        except Exception:
-            log_exception(__name__)
+            return
 
     def _wait_store(self) -> None:
         while not self._closed:
@@ -438,41 +469,121 @@ class Queue(Greenlet):
         assert self.relay is not None
         try:
             result = self.relay._attempt(envelope, attempts)
+            outcome = classify(recipients, envelope.recipients, result)
         except PermanentRelayError as exc:
             outcome = Outcome(permanent=[(i, exc.reply) for i in range(len(recipients))])
         except TransientRelayError as exc:
             outcome = Outcome(transient=[(i, exc.reply) for i in range(len(recipients))])
-        except Exception as exc:
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as exc:
+            if isinstance(exc, GreenletExit) and self._closed:
+                raise  # this attempt is being killed: the message stays in the store
+            # Anything else, even a GreenletExit or a gevent.Timeout escaping the
+            # relay, is a relay bug: retried, so the message is never stranded.
             log_exception(__name__, queue_id=id)
             reply = unhandled_reply(exc)
             outcome = Outcome(transient=[(i, reply) for i in range(len(recipients))])
-        else:
-            outcome = classify(recipients, envelope.recipients, result)
-        self._settle(id, envelope, recipients, outcome)
+        try:
+            self._settle(id, envelope, recipients, outcome)
+        except Exception:
+            # The store is the record of what is left to do: start over from it.
+            log_exception(__name__, queue_id=id)
+            self._retry_store_later(id)
 
     def _settle(self, id: str, envelope: Envelope, recipients: list[str], outcome: Outcome) -> None:
         if len(outcome.delivered) == len(recipients):
             self._remove(id)
             return
-        done = outcome.done
-        if done:
-            # First of all, so that nothing after this can deliver them again.
-            try:
-                self._store_call(self.store.set_recipients_delivered, id, done)
-            except Exception:
-                log_exception(__name__, queue_id=id)
-                later = gevent.spawn_later(
-                    STORE_RETRY_SECONDS, self._settle, id, envelope, recipients, outcome
-                )
-                self._helpers.add(later)
-                return
-        failed = [(recipients[i], reply) for i, reply in outcome.permanent]
-        for reply, rcpts in group_by_reply(failed):
-            self._bounce(envelope.copy(rcpts), reply)
-        if not outcome.transient:
+        if not outcome.delivered:
+            self._settle_failures(id, envelope, recipients, outcome)
+            return
+        # First of all, so that nothing after this can deliver them again.
+        self._mark_done(
+            id,
+            [recipients[i] for i in outcome.delivered],
+            outcome.delivered,
+            lambda: self._settle_failures(id, envelope, recipients, outcome),
+        )
+
+    def _settle_failures(
+        self, id: str, envelope: Envelope, recipients: list[str], outcome: Outcome
+    ) -> None:
+        # A permanent failure is bounced before it is recorded as done: once
+        # enqueue() has returned, the bounce is stored, so a crash at any point
+        # can repeat a bounce but never lose one. A bounce that cannot be queued
+        # leaves its recipients to be retried (and bounced again) later.
+        transient = list(outcome.transient)
+        bounced: list[int] = []
+        for reply, indexes in _group_indexes(outcome.permanent):
+            if self._bounce(envelope.copy([recipients[i] for i in indexes]), reply):
+                bounced.extend(indexes)
+            else:
+                transient.extend((i, reply) for i in indexes)
+        if not transient:
             self._remove(id)
             return
-        self._retry_later(id, envelope, recipients, outcome.transient)
+        transient.sort(key=lambda pair: pair[0])
+
+        def retry() -> None:
+            self._retry_later(id, envelope, recipients, transient)
+
+        if not bounced:
+            retry()
+            return
+        # Indexes into what the store now holds: the delivered ones are gone.
+        left = [i for i in range(len(recipients)) if i not in set(outcome.delivered)]
+        position = {index: n for n, index in enumerate(left)}
+        self._mark_done(
+            id, [recipients[i] for i in bounced], [position[i] for i in sorted(bounced)], retry
+        )
+
+    def _mark_done(
+        self, id: str, rcpts: list[str], indexes: list[int], then: Callable[[], None]
+    ) -> None:
+        """Record ``rcpts`` (at ``indexes`` in the stored envelope) as done, then call ``then``.
+
+        When the store fails, it is tried again later, and what is recorded then
+        is found by address in the envelope the store holds at that time: a
+        store that failed after all (a timeout after the write) is never asked
+        to mark the same recipients twice, which with relative indexes would
+        mark others.
+        """
+        try:
+            self._store_call(self.store.set_recipients_delivered, id, sorted(indexes))
+        except Exception:
+            log_exception(__name__, queue_id=id)
+            self._helpers.add(
+                gevent.spawn_later(STORE_RETRY_SECONDS, self._mark_done_again, id, rcpts, then)
+            )
+            return
+        then()
+
+    def _mark_done_again(self, id: str, rcpts: list[str], then: Callable[[], None]) -> None:
+        try:
+            stored, _ = self._store_call(self.store.get, id)
+            wanted = list(rcpts)
+            indexes = []
+            for index, rcpt in enumerate(stored.recipients):
+                if rcpt in wanted:
+                    wanted.remove(rcpt)
+                    indexes.append(index)
+            if indexes:
+                self._store_call(self.store.set_recipients_delivered, id, indexes)
+        except KeyError:
+            self._forget(id)
+            return
+        except Exception:
+            log_exception(__name__, queue_id=id)
+            self._helpers.add(
+                gevent.spawn_later(STORE_RETRY_SECONDS, self._mark_done_again, id, rcpts, then)
+            )
+            return
+        try:
+            then()
+        except Exception:
+            log_exception(__name__, queue_id=id)
+            self._retry_store_later(id)
 
     def _retry_later(
         self,
@@ -521,20 +632,42 @@ class Queue(Greenlet):
             return
         self._forget(id)
 
-    def _bounce(self, envelope: Envelope, reply: Reply) -> None:
-        if not envelope.sender:
-            return  # never bounce a bounce (RFC 5321 §4.5.5)
+    def _bounce(self, envelope: Envelope, reply: Reply) -> bool:
+        """Queue the bounce of ``envelope``'s recipients; ``False`` if it could not be queued."""
+        if is_null_sender(envelope.sender):
+            return True  # never bounce a bounce (RFC 5321 §4.5.5)
+        address = bounce_address(envelope.sender)
+        if address is None:
+            _log.error(
+                "no bounce for %s: the sender %r is not a valid address (%s)",
+                ", ".join(repr(r) for r in envelope.recipients),
+                envelope.sender,
+                reply,
+            )
+            return True
+        envelope.sender = address
         try:
             bounce = self.bounce_factory(envelope, reply)
             if not bounce:
-                return
+                return True
             results = self.bounce_queue.enqueue(bounce)
         except Exception:
             log_exception(__name__, sender=envelope.sender)
-            return
+            return False
+        queued = True
         for _, result in results or ():
             if isinstance(result, BaseException):
                 _log.error("bounce to %r not queued: %s", envelope.sender, result)
+                queued = False
+        return queued
+
+
+def _group_indexes(pairs: Sequence[tuple[int, Reply]]) -> list[tuple[Reply, list[int]]]:
+    """Group recipient indexes that failed with equal replies, in first-seen order."""
+    return [
+        (reply, [int(i) for i in ids])
+        for reply, ids in group_by_reply([(str(index), reply) for index, reply in pairs])
+    ]
 
 
 def _too_many_retries(reply: Reply) -> Reply:

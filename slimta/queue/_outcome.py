@@ -7,6 +7,7 @@ whatever the relay returned or raised, and gets back which recipients are done
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -17,9 +18,11 @@ from slimta.smtp.reply import Reply
 
 __all__ = [
     "Outcome",
+    "bounce_address",
     "classify",
     "default_backoff",
     "group_by_reply",
+    "is_null_sender",
     "unhandled_reply",
 ]
 
@@ -71,8 +74,55 @@ class Outcome:
         return sorted(self.delivered + [index for index, _ in self.permanent])
 
 
+#: The longest reverse-path RFC 5321 §4.5.3.1.3 allows, without its brackets.
+MAX_PATH_LENGTH = 254
+# local@domain; the local part may be a quoted string. No controls, spaces or
+# brackets outside quotes. Non-ASCII is allowed (SMTPUTF8).
+_MAILBOX_RE = re.compile(
+    r"""
+    (?: "(?: [^"\\\x00-\x1f\x7f] | \\[^\x00-\x1f\x7f] )*"    # quoted local part
+      | [^\s"<>@()\[\]\\,;:\x00-\x1f\x7f]+ )                # or a plain one
+    @
+    (?: \[ [^\s\[\]\\\x00-\x1f\x7f]+ \]                     # an address literal
+      | [^\s"<>@()\[\]\\,;:\x00-\x1f\x7f]+ )                # or a domain
+    """,
+    re.VERBOSE,
+)
+
+
+def is_null_sender(sender: Any) -> bool:
+    """True for the null reverse-path (``None``, ``""`` or ``"<>"``)."""
+    return sender is None or (isinstance(sender, str) and sender.strip() in ("", "<>"))
+
+
+def bounce_address(sender: Any) -> str | None:
+    """The address a bounce for ``sender``'s message goes to, or ``None`` if there is none.
+
+    One pair of angle brackets is taken off; what is left must be one mailbox
+    (``local@domain``), with no control character, space or bracket outside a
+    quoted local part, and at most :data:`MAX_PATH_LENGTH` characters.
+    """
+    if not isinstance(sender, str) or is_null_sender(sender):
+        return None
+    address = sender
+    if address.startswith("<") and address.endswith(">"):
+        address = address[1:-1]
+    if len(address) > MAX_PATH_LENGTH or not _MAILBOX_RE.fullmatch(address):
+        return None
+    return address
+
+
 def _one(value: Any) -> tuple[str, Reply | None]:
-    if value is None or isinstance(value, Reply):
+    if value is None:
+        return "delivered", None
+    if isinstance(value, Reply):
+        # Relays report failures by raising, but an error reply handed back as
+        # a result is still an error: never count it as delivered.
+        code = str(value.code or "")
+        if code.startswith("5"):
+            return "permanent", value
+        if code.startswith("4"):
+            return "transient", value
         return "delivered", None
     if isinstance(value, PermanentRelayError):
         return "permanent", value.reply
@@ -90,11 +140,13 @@ def classify(recipients: Sequence[str], current: Sequence[str], result: Any) -> 
     :param current: the envelope's recipients after it (a relay policy may have
         rewritten them; they are matched by position when the count is unchanged).
     :param result: what ``relay._attempt()`` returned: ``None``/``Reply`` (all
-        delivered), a mapping keyed by recipient, or a sequence in recipient order.
-        A recipient the result says nothing about is retried, never dropped.
+        delivered, unless the reply is a ``4xx``/``5xx`` error), a mapping keyed
+        by recipient, or a sequence in recipient order. A recipient the result
+        says nothing about, or says something unintelligible about, is retried,
+        never dropped.
     """
     outcome = Outcome()
-    if result is None or isinstance(result, Reply):
+    if result is None:
         outcome.delivered = list(range(len(recipients)))
         return outcome
     same_count = len(current) == len(recipients)

@@ -103,16 +103,29 @@ def loads(data: bytes) -> Envelope:
         raise CodecError(f"stored envelope format {version} is not supported")
     if not isinstance(meta, dict) or not isinstance(meta.get("recipients"), list):
         raise CodecError("corrupt stored envelope: bad metadata")
+    try:
+        return _build(meta, data[second + 2 :])
+    except CodecError:
+        raise
+    except Exception as exc:  # whatever bad values a damaged file holds
+        raise CodecError(f"corrupt stored envelope: {exc!r}") from None
+
+
+def _build(meta: dict[str, Any], message: bytes) -> Envelope:
     envelope = Envelope(meta.get("sender"), [str(r) for r in meta["recipients"]])
     if meta.get("has_message", True):
-        message = data[second + 2 :]
         if meta.get("has_headers", True):
             envelope.parse(message)
         else:
             envelope.message = message
     envelope.client = dict(meta.get("client") or {})
     envelope.receiver = meta.get("receiver")
-    envelope.timestamp = meta.get("timestamp")
+    timestamp = meta.get("timestamp")
+    if timestamp is not None and (
+        isinstance(timestamp, bool) or not isinstance(timestamp, (int, float))
+    ):
+        raise CodecError(f"corrupt stored envelope: timestamp {timestamp!r}")
+    envelope.timestamp = timestamp
     pickled = meta.get("pickled")
     if pickled:
         try:

@@ -222,7 +222,9 @@ class RedisStorage(QueueStorage):
                 try:
                     found.append((float(raw), id))
                 except ValueError:
+                    # Still listed: get() reads the whole message and decides.
                     _log.error("redis storage: bad timestamp for %s: %r", id, raw)
+                    found.append((0.0, id))
             return found
 
         return iter(self._call(None, work))
@@ -231,7 +233,10 @@ class RedisStorage(QueueStorage):
         """The envelope (without recipients already done) and its attempt count.
 
         :raises KeyError: no such message.
-        :raises slimta.queue.QueueError: Redis failed, or the stored bytes are unreadable.
+        :raises slimta.queue.QueueError: Redis failed, or the stored bytes are
+            unreadable; then the hash is renamed ``<prefix>corrupt:<id>`` (kept
+            for an operator, no longer listed) and a later :meth:`get` raises
+            :exc:`KeyError`.
         """
         fields = self._call(
             None,
@@ -242,12 +247,34 @@ class RedisStorage(QueueStorage):
             raise KeyError(id)
         try:
             envelope = loads(raw)
-        except CodecError as exc:
+            done = [int(i) for i in delivered.split(b",") if i] if delivered else []
+            count = int(attempts or 0)
+        except (CodecError, ValueError) as exc:
+            self._quarantine(id, exc)
             raise QueueError(f"redis storage: message {id}: {exc}") from exc
-        if delivered:
-            done = [int(i) for i in delivered.split(b",") if i]
-            self._remove_delivered_rcpts(envelope, done)
-        return envelope, int(attempts or 0)
+        self._remove_delivered_rcpts(envelope, done)
+        return envelope, count
+
+    def _quarantine(self, id: str, why: object) -> None:
+        """Move an unreadable message's hash to ``<prefix>corrupt:<id>``, out of the queue."""
+        _log.error(
+            "redis storage: unreadable message %s moved to %scorrupt:%s: %s",
+            id,
+            self.prefix,
+            id,
+            why,
+        )
+
+        def work() -> None:
+            pipe = self.redis.pipeline(transaction=True)
+            pipe.rename(self._key(id), self.prefix + "corrupt:" + id)
+            pipe.srem(self.ids_key, id)
+            pipe.execute()
+
+        try:
+            self._call(None, work)
+        except QueueError:
+            _log.exception("redis storage: could not move %s aside", id)
 
     def remove(self, id: str) -> None:
         """Delete the message and its ID."""
