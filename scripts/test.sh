@@ -14,6 +14,7 @@ command -v smtp-sink >/dev/null 2>&1 || [ -x /usr/sbin/smtp-sink ] || need_pkgs+
 command -v maildrop >/dev/null 2>&1 || need_pkgs+=(maildrop)
 command -v openssl >/dev/null 2>&1 || need_pkgs+=(openssl)
 command -v redis-server >/dev/null 2>&1 || [ -x /usr/bin/redis-server ] || need_pkgs+=(redis-server)
+command -v swaks >/dev/null 2>&1 || need_pkgs+=(swaks)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
     echo "== installing Debian packages: ${need_pkgs[*]}"
     SUDO=""

@@ -14,6 +14,7 @@ own ``SSLContext.wrap_socket`` does it.
 
 from __future__ import annotations
 
+import re
 import ssl
 from typing import TYPE_CHECKING, Any
 
@@ -98,6 +99,14 @@ class IO:
         """A copy of the received bytes not yet consumed (normally empty)."""
         parser = self.parser
         return bytes(parser.buffer[parser.offset :])
+
+    @recv_buffer.setter
+    def recv_buffer(self, value: bytes | bytearray) -> None:
+        # python-slimta's code (its DataReader, programs) assigns the buffer.
+        parser = self.parser
+        parser.take_pending()
+        if value:
+            parser.feed(value)
 
     @property
     def buffered_bytes(self) -> int:
@@ -334,3 +343,33 @@ class IO:
             sep = b" " if i == len(lines) - 1 else b"-"
             out.append(code + sep + prefix + line.encode("utf-8") + b"\r\n")
         self.send_buffer += b"".join(out)
+
+    # -- server side: reads whose log lines never show AUTH secrets ----------
+    def recv_masked(self, secret: bool = False) -> bytes:
+        """Server side: one ``recv``, logged with AUTH data masked.
+
+        :param secret: the whole chunk is an AUTH response: log only its size.
+            Otherwise an ``AUTH`` command line and everything after it in the
+            chunk is masked.
+        :raises ~slimta.smtp.ConnectionLost: on EOF or a reset.
+        """
+        if self._eof:
+            raise ConnectionLost()
+        try:
+            data = self.socket.recv(RECV_BYTES)
+        except (ConnectionError, ssl.SSLEOFError, ssl.SSLZeroReturnError):
+            self._eof = True
+            raise ConnectionLost()
+        if not data:
+            self._eof = True
+            raise ConnectionLost()
+        if secret:
+            _log.recv(self.socket, b"******** (%d bytes)" % len(data))
+        else:
+            match = _AUTH_LINE_RE.search(data)
+            _log.recv(self.socket, data if match is None else data[: match.end()] + b" ********")
+        return data
+
+
+#: An AUTH command line in received data: its mechanism name stays visible.
+_AUTH_LINE_RE = re.compile(rb"(?:^|\n)[ \t]*AUTH[ \t]+[A-Za-z0-9_-]+", re.I)

@@ -1,0 +1,322 @@
+"""The sans-I/O server core, driven with bytes: data framing, smuggling, limits, commands."""
+
+from __future__ import annotations
+
+import pytest
+
+from slimta.smtp import MessageTooBig
+from slimta.smtp._server_core import (
+    MAX_COMMAND_LINE_BYTES,
+    BadDataError,
+    Command,
+    DataDecoder,
+    LineError,
+    ServerInput,
+    auth_failure_delay,
+    gather_params,
+    parse_path_argument,
+    render_extensions,
+)
+
+# The end-of-data look-alikes from the SMTP smuggling research (SEC Consult, 2023,
+# and the Postfix/Sendmail/Exim follow-ups): none of them may end the data.
+SMUGGLING_VARIANTS = [
+    b"\n.\n",
+    b"\r.\r",
+    b"\n.\r\n",
+    b"\r.\r\n",
+    b"\r\n.\n",
+    b"\r\n.\r",
+    b"\n.\r",
+    b"\r.\n",
+    b"\r\n.\r\r\n",
+    b"\r\n.\n\r\n",
+    b"\r\n\x00.\r\n",
+    b"\r\n.\x00\r\n",
+    b"\r\n. \r\n",
+    b"\r\n.\t\r\n",
+    b"\r\r\n.\n",
+    b"\n\n.\n\n",
+]
+
+SMUGGLED = (
+    b"MAIL FROM:<evil@attacker.test>\r\n"
+    b"RCPT TO:<victim@example.test>\r\n"
+    b"DATA\r\n"
+    b"From: ceo@example.test\r\n\r\nsmuggled\r\n"
+)
+HEAD = b"From: a@example.test\r\nSubject: one\r\n\r\nfirst body"
+END = b"\r\n.\r\n"
+
+
+def decode_all(pieces: list[bytes], **kwargs: object) -> DataDecoder:
+    decoder = DataDecoder(**kwargs)  # type: ignore[arg-type]
+    for piece in pieces:
+        decoder.feed(piece)
+    return decoder
+
+
+def splits(data: bytes) -> list[list[bytes]]:
+    """The data whole, byte by byte, and cut in two at every position."""
+    out = [[data], [bytes([b]) for b in data]]
+    out.extend([data[:i], data[i:]] for i in range(1, len(data)))
+    return out
+
+
+# -- the end marker ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "wire, message",
+    [
+        (b".\r\n", b""),
+        (b"a\r\n.\r\n", b"a\r\n"),
+        (b"a\r\n..\r\n.\r\n", b"a\r\n.\r\n"),
+        (b"..a\r\n.b\r\n.\r\n", b".a\r\nb\r\n"),
+        (b"line\r\n\r\n.\r\n", b"line\r\n\r\n"),
+        (b"a\r\n...\r\n.\r\n", b"a\r\n..\r\n"),
+    ],
+)
+def test_end_marker_and_dot_unstuffing_at_every_split(wire: bytes, message: bytes) -> None:
+    for pieces in splits(wire + b"QUIT\r\n"):
+        decoder = decode_all(pieces)
+        assert decoder.done
+        assert decoder.result() == message
+        assert decoder.leftover == b"QUIT\r\n"
+
+
+def test_not_done_without_end_marker() -> None:
+    decoder = decode_all([b"a\r\n.", b"\r"])
+    assert not decoder.done
+    with pytest.raises(ValueError):
+        decoder.result()
+
+
+@pytest.mark.parametrize("variant", SMUGGLING_VARIANTS, ids=repr)
+def test_smuggling_variant_never_ends_the_data(variant: bytes) -> None:
+    wire = HEAD + variant + SMUGGLED + b".\r\nQUIT\r\n"
+    for pieces in splits(wire):
+        decoder = decode_all(pieces)
+        assert decoder.done
+        assert decoder.leftover == b"QUIT\r\n"
+        message = decoder.result()
+        # One message: the smuggled commands are content, and nothing bare is left.
+        assert message.startswith(HEAD)
+        assert b"MAIL FROM:<evil@attacker.test>\r\n" in message
+        assert message.endswith(b"smuggled\r\n")
+        assert message.count(b"\r") == message.count(b"\r\n") == message.count(b"\n")
+
+
+@pytest.mark.parametrize("variant", SMUGGLING_VARIANTS, ids=repr)
+def test_smuggling_variant_under_reject_policy(variant: bytes) -> None:
+    wire = HEAD + variant + SMUGGLED + b".\r\n"
+    decoder = decode_all([wire], bare_newline="reject")
+    assert decoder.done and decoder.leftover == b""
+    bare = variant.replace(b"\r\n", b"").strip(b". \t\x00") != b""
+    if bare:
+        with pytest.raises(BadDataError) as info:
+            decoder.result()
+        assert info.value.reply.code == "550"
+    else:
+        assert b"MAIL FROM:<evil" in decoder.result()
+
+
+def test_bare_newlines_are_normalised() -> None:
+    decoder = decode_all([b"a\nb\rc\r\n.d\r\n.\r\n"])
+    assert decoder.result() == b"a\r\nb\r\nc\r\nd\r\n"
+    assert decoder.bad_newline
+
+
+def test_normalised_dot_line_is_content_not_stuffing() -> None:
+    # After a bare LF the line is not a real line start: its dot stays.
+    assert decode_all([b"a\n.b\r\n.\r\n"]).result() == b"a\r\n.b\r\n"
+
+
+def test_crlf_split_across_chunks_is_not_bare() -> None:
+    decoder = decode_all([b"abc\r", b"\ndef\r", b"\n.", b"\r", b"\n"])
+    assert decoder.result() == b"abc\r\ndef\r\n"
+    assert not decoder.bad_newline
+
+
+# -- size ----------------------------------------------------------------------------
+
+
+def test_max_size_exact_fits() -> None:
+    decoder = decode_all([b"12345678\r\n.\r\n"], max_size=10)
+    assert decoder.result() == b"12345678\r\n"
+
+
+def test_oversized_is_read_to_the_end_and_dropped() -> None:
+    decoder = DataDecoder(max_size=1000)
+    chunk = b"x" * 998 + b"\r\n"
+    for _ in range(200):
+        decoder.feed(chunk)
+        # Nothing is kept once over the limit.
+        assert sum(len(c) for c in decoder._chunks) <= 1000
+        assert len(decoder._carry) <= 3
+    decoder.feed(b".\r\nQUIT\r\n")
+    assert decoder.done and decoder.too_big
+    assert decoder.leftover == b"QUIT\r\n"
+    with pytest.raises(MessageTooBig):
+        decoder.result()
+
+
+def test_oversized_long_line_without_newline_is_not_buffered() -> None:
+    decoder = DataDecoder(max_size=10)
+    for _ in range(100):
+        decoder.feed(b"y" * 4096)
+        assert len(decoder._carry) <= 3
+    decoder.feed(b"\r\n.\r\n")
+    assert decoder.done and decoder.too_big
+
+
+def test_unbounded_line_carry_is_small_without_limit() -> None:
+    decoder = DataDecoder()
+    for _ in range(50):
+        decoder.feed(b"z" * 1000)
+        assert len(decoder._carry) <= 3
+    decoder.feed(b"\r\n.\r\n")
+    assert decoder.result() == b"z" * 50000 + b"\r\n"
+
+
+def test_invalid_policy() -> None:
+    with pytest.raises(ValueError):
+        DataDecoder(bare_newline="keep")  # type: ignore[arg-type]
+
+
+# -- command lines ---------------------------------------------------------------------
+
+
+def commands(data: bytes) -> list[object]:
+    buf = ServerInput()
+    buf.feed(data)
+    out: list[object] = []
+    while True:
+        item = buf.next_command()
+        if item is None:
+            return out
+        out.append(item)
+
+
+def test_pipelined_commands_in_order() -> None:
+    wire = b"EHLO c.test\r\nMAIL FROM:<a@b> SIZE=10\r\nRCPT TO:<c@d>\r\nDATA\r\n"
+    for pieces in splits(wire):
+        buf = ServerInput()
+        got = []
+        for piece in pieces:
+            buf.feed(piece)
+            while (item := buf.next_command()) is not None:
+                got.append(item)
+        assert got == [
+            Command(b"EHLO", b"c.test"),
+            Command(b"MAIL", b"FROM:<a@b> SIZE=10"),
+            Command(b"RCPT", b"TO:<c@d>"),
+            Command(b"DATA", None),
+        ]
+
+
+def test_lowercase_verb_bare_lf_and_blank_line() -> None:
+    got = commands(b"noop\nquit  \r\n\r\n")
+    assert got == [Command(b"NOOP", None), Command(b"QUIT", None), Command(b"", b"")]
+
+
+def test_too_long_line_is_refused_once_and_skipped() -> None:
+    buf = ServerInput()
+    buf.feed(b"NOOP " + b"a" * (MAX_COMMAND_LINE_BYTES * 3))
+    first = buf.next_command()
+    assert isinstance(first, LineError) and first.reply.code == "500"
+    assert buf.pending == 0
+    buf.feed(b"b" * 5000)
+    assert buf.next_command() is None and buf.pending == 0
+    buf.feed(b"tail\r\nQUIT\r\n")
+    assert buf.next_command() == Command(b"QUIT", None)
+
+
+def test_too_long_complete_line() -> None:
+    got = commands(b"NOOP " + b"a" * MAX_COMMAND_LINE_BYTES + b"\r\nQUIT\r\n")
+    assert isinstance(got[0], LineError)
+    assert got[1] == Command(b"QUIT", None)
+
+
+@pytest.mark.parametrize("line", [b"NOOP a\rb\r\n", b"NOOP \x00\r\n"])
+def test_bare_cr_or_nul_in_command(line: bytes) -> None:
+    (item,) = commands(line)
+    assert isinstance(item, LineError) and item.reply.code == "500"
+
+
+def test_discard_drops_pipelined_bytes() -> None:
+    buf = ServerInput()
+    buf.feed(b"STARTTLS\r\nMAIL FROM:<evil@x>\r\n")
+    assert buf.next_command() == Command(b"STARTTLS", None)
+    assert buf.discard() == len(b"MAIL FROM:<evil@x>\r\n")
+    assert buf.next_command() is None
+
+
+# -- MAIL / RCPT arguments --------------------------------------------------------------
+
+
+def test_parse_path_and_params() -> None:
+    address, rest = parse_path_argument(b"FROM:<a@b.test> SIZE=100 BODY=8BITMIME SMTPUTF8", "FROM")
+    assert address == "a@b.test"
+    assert gather_params(rest) == {b"SIZE": b"100", b"BODY": b"8BITMIME", b"SMTPUTF8": True}
+    assert parse_path_argument(b'to: <"x>y"@b>', "TO") == ('"x>y"@b', b"")
+    assert parse_path_argument(b"FROM:<>", "FROM") == ("", b"")
+    assert parse_path_argument("TO:<ü@é.test>".encode(), "TO")[0] == "ü@é.test"
+
+
+@pytest.mark.parametrize(
+    "arg",
+    [
+        None,
+        b"",
+        b"FROM:a@b",
+        b"FROM:<a@b",
+        b"TO:<a@b>",
+        b"FROM:<a@b>x",
+        b"FROM:<a\x01@b>",
+        b"FROM:<\xff@b>",
+    ],
+)
+def test_parse_path_errors(arg: bytes | None) -> None:
+    with pytest.raises(ValueError):
+        parse_path_argument(arg, "FROM")
+
+
+def test_gather_params_errors() -> None:
+    with pytest.raises(ValueError):
+        gather_params(b" =x")
+    with pytest.raises(ValueError):
+        gather_params(b" SIZE=a=b\x7f")
+
+
+def test_render_extensions_skips_unrenderable() -> None:
+    class NoMechanisms:
+        def __str__(self) -> str:
+            raise ValueError("none")
+
+    text = render_extensions("Hello c", {"PIPELINING": None, "SIZE": "10", "AUTH": NoMechanisms()})
+    assert text == "Hello c\r\nPIPELINING\r\nSIZE 10"
+
+
+def test_auth_failure_delay_doubles_and_caps() -> None:
+    assert [auth_failure_delay(n) for n in range(6)] == [0.0, 1.0, 2.0, 4.0, 8.0, 8.0]
+    assert auth_failure_delay(3, base=0) == 0.0
+
+
+@pytest.mark.parametrize(
+    "data, expected",
+    [
+        (b"", False),
+        (b"NOOP\r\n", False),
+        (b"NOOP\r\nAU", True),
+        (b"auth plain AHV", True),
+        (b"  AUTH", True),
+        (b"MAIL FROM:<a@b>", False),
+        (b"A", True),
+        (b"AUTH PLAIN x\r\n", False),
+    ],
+)
+def test_partial_auth_line_is_detected(data: bytes, expected: bool) -> None:
+    buf = ServerInput()
+    buf.feed(data)
+    assert buf.partial_line_may_be_auth() is expected
