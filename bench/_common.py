@@ -4,19 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import resource
 import sys
 import time
 from typing import Any
-
-#: About 2 KB of message body, 78-column lines, built once before the clock starts.
-LINE = b"The quick brown fox jumps over the lazy dog, again and again and again...\r\n"
-
-
-def body_of(size: int) -> bytes:
-    """A body of ``size`` bytes made of CRLF-terminated text lines."""
-    reps = size // len(LINE) + 1
-    return (LINE * reps)[:size]
 
 
 def rss_bytes() -> int:
@@ -25,8 +17,36 @@ def rss_bytes() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+def reset_peak_rss() -> None:
+    """Start the peak (VmHWM) over from the current RSS (Linux ``clear_refs``).
+
+    Without it, the peak of building the inputs (raw bytes and parsed copies)
+    would count as growth of the measured section.
+    """
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+
 def peak_rss_bytes() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    """The peak resident set size since the start or :func:`reset_peak_rss`."""
+    with open("/proc/self/status") as f:
+        found = re.search(r"^VmHWM:\s+(\d+) kB", f.read(), re.M)
+    if found is None:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return int(found.group(1)) * 1024
+
+
+def announce() -> None:
+    """Tell a profiler that the measured section starts (``BENCH_ANNOUNCE=SECONDS``).
+
+    Prints ``CLOCK`` on stdout, then waits that long, outside the clock, so that a
+    sampling profiler can attach; does nothing without the variable.
+    """
+    wait = os.environ.get("BENCH_ANNOUNCE")
+    if wait:
+        sys.stdout.write("CLOCK\n")
+        sys.stdout.flush()
+        time.sleep(float(wait))
 
 
 class Clock:

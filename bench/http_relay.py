@@ -15,6 +15,7 @@ from typing import Any
 import gevent
 import gevent.pool
 from gevent.pywsgi import WSGIServer
+from messages import PROFILES, message
 
 from slimta.envelope import Envelope
 from slimta.relay.http import HttpRelay
@@ -28,19 +29,19 @@ def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable
     return [b""]
 
 
-def make_envelope(size: int) -> Envelope:
-    env = Envelope("sender@example.com", ["rcpt@example.com"])
-    env.parse(b"Subject: bench\r\n\r\n" + b"x" * size + b"\r\n")
+def make_envelope(profile: str) -> Envelope:
+    env = Envelope("sender@example.com", ["rcpt0@example.com"])
+    env.parse(message(profile, 0))
     return env
 
 
 def one_round(
-    url: str, idle_timeout: float | None, messages: int, concurrency: int, size: int
+    url: str, idle_timeout: float | None, messages: int, concurrency: int, profile: str
 ) -> float:
     relay = HttpRelay(
         url, pool_size=concurrency, ehlo_as="bench", timeout=30, idle_timeout=idle_timeout
     )
-    env = make_envelope(size)
+    env = make_envelope(profile)
     pool = gevent.pool.Pool(concurrency)
     start = time.perf_counter()
     jobs = [pool.spawn(relay.attempt, env, 0) for _ in range(messages)]
@@ -54,7 +55,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--messages", type=int, default=2000)
     parser.add_argument("--concurrency", type=int, default=1)
-    parser.add_argument("--size", type=int, default=2048, help="body bytes per message")
+    parser.add_argument("--profile", choices=PROFILES, default="2k",
+                        help="message profile (bench/messages.py)")
     args = parser.parse_args()
     server = WSGIServer(("127.0.0.1", 0), app, log=None, error_log=None)
     server.start()
@@ -62,14 +64,14 @@ def main() -> None:
     try:
         for label, idle in (("keep-alive", 10.0), ("no keep-alive", None)):
             rates = [
-                one_round(url, idle, args.messages, args.concurrency, args.size)
+                one_round(url, idle, args.messages, args.concurrency, args.profile)
                 for _ in range(ROUNDS)
             ]
             print(
                 f"{label:>14}: median {statistics.median(rates):8.0f} msg/s "
                 f"(rounds: {', '.join(f'{r:.0f}' for r in rates)}; "
                 f"{args.messages} messages, concurrency {args.concurrency}, "
-                f"{args.size}-byte bodies)"
+                f"profile {args.profile})"
             )
     finally:
         server.stop()

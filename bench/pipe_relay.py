@@ -15,6 +15,7 @@ import time
 
 import gevent
 import gevent.pool
+from messages import PROFILES, message
 
 from slimta.envelope import Envelope
 from slimta.relay.pipe import MaildropRelay
@@ -33,12 +34,12 @@ def make_box(root: str) -> str:
     return filter_path
 
 
-def one_round(program: str, messages: int, concurrency: int, size: int) -> float:
+def one_round(program: str, messages: int, concurrency: int, profile: str) -> float:
     root = tempfile.mkdtemp(prefix="slimta-bench-maildrop-")
     try:
         relay = MaildropRelay(program, timeout=30, extra_args=[make_box(root)])
-        env = Envelope("sender@example.com", ["rcpt@example.com"])
-        env.parse(b"Subject: bench\r\n\r\n" + b"x" * size + b"\r\n")
+        env = Envelope("sender@example.com", ["rcpt0@example.com"])
+        env.parse(message(profile, 0))
         pool = gevent.pool.Pool(concurrency)
         start = time.perf_counter()
         jobs = [pool.spawn(relay.attempt, env, 0) for _ in range(messages)]
@@ -56,16 +57,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--messages", type=int, default=500)
     parser.add_argument("--concurrency", type=int, default=1)
-    parser.add_argument("--size", type=int, default=2048, help="body bytes per message")
+    parser.add_argument("--profile", choices=PROFILES, default="2k",
+                        help="message profile (bench/messages.py)")
     parser.add_argument("--maildrop", default=shutil.which("maildrop") or "/usr/bin/maildrop")
     args = parser.parse_args()
     rates = [
-        one_round(args.maildrop, args.messages, args.concurrency, args.size) for _ in range(ROUNDS)
+        one_round(args.maildrop, args.messages, args.concurrency, args.profile)
+        for _ in range(ROUNDS)
     ]
     print(
         f"maildrop: median {statistics.median(rates):7.0f} deliveries/s "
         f"(rounds: {', '.join(f'{r:.0f}' for r in rates)}; {args.messages} messages, "
-        f"concurrency {args.concurrency}, {args.size}-byte bodies)"
+        f"concurrency {args.concurrency}, profile {args.profile})"
     )
 
 

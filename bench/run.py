@@ -1,12 +1,12 @@
 """Benchmark driver: slimta-relay against its peers, interleaved, in one run.
 
-    python bench/run.py [SCENARIO ...] [--rounds 3] [--count 5000]
+    python bench/run.py [SCENARIO ...] [--rounds 3] [--count 5000] [--profile 2k]
 
 Scenarios: reuse1, reuse20, noreuse20, big, mx_cached, mx_uncached, mx_memory
-(default: all). Every round runs
-each implementation once, in turn, against the same postfix smtp-sink; the table
-gives medians over the rounds and each peer's ratio to slimta-relay. Run
-``bench/setup_peers.sh`` once first. See bench/README.md.
+(default: all). Profiles (bench/messages.py): 2k (default), bulk, multipart, tidy.
+Every round runs each implementation once, in turn, against the same postfix
+smtp-sink; the table gives medians over the rounds and slimta-relay's ratio to each
+peer. Run ``bench/setup_peers.sh`` once first. See bench/README.md.
 """
 
 from __future__ import annotations
@@ -20,8 +20,11 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
+
+from messages import PROFILES, write_lf
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -29,18 +32,22 @@ OURS_PY = os.path.join(ROOT, ".venv", "bin", "python")
 ORIG_PY = os.path.join(ROOT, ".bench", "slimta-orig", "bin", "python")
 SINK = shutil.which("smtp-sink") or "/usr/sbin/smtp-sink"
 SOURCE = shutil.which("smtp-source") or "/usr/sbin/smtp-source"
+#: The environment of slimta-relay's workers; ``--tree DIR`` puts DIR first on PYTHONPATH.
+OURS_ENV: dict[str, str] | None = None
 
 SCENARIOS = {
     "reuse1": "StaticSmtpRelay pool_size=1, reused connection",
     "reuse20": "StaticSmtpRelay pool_size=20, reused connections",
     "noreuse20": "StaticSmtpRelay pool_size=20, a connection per message",
-    "big": "one 20 MB message",
+    "big": "one 20 MiB message",
     "mx_cached": "MxSmtpRelay, 100 domains already cached (vs static reuse20)",
     "mx_uncached": "MxSmtpRelay, a new domain per message, local DNS (vs static reuse20)",
     "mx_memory": "MxSmtpRelay, a new domain and MX host per message: RSS growth",
 }
 MX_SCENARIOS = ("mx_cached", "mx_uncached", "mx_memory")
-BIG_SIZE = 20 * 1000 * 1000
+BIG_SIZE = 20 * 2**20  # body bytes, as smtp-source -l counts them
+#: python-slimta waits ~10 ms per reused message: fewer messages keep its rounds short.
+ORIG_SHARE = {"reuse1": 10}
 
 
 @dataclass
@@ -71,6 +78,8 @@ def start_sink() -> tuple[subprocess.Popen, int]:
 
 
 def run_worker(cmd: list[str], env: dict | None = None) -> dict:
+    if env is None and cmd[0] == OURS_PY:
+        env = OURS_ENV
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900, cwd=HERE)
     for line in out.stdout.splitlines():
         if line.startswith("RESULT "):
@@ -99,10 +108,12 @@ def start_dns(distinct: bool) -> tuple[subprocess.Popen, int]:
     return proc, port
 
 
-def mx_implementations(scenario: str, port: int, dns_port: int, count: int) -> dict:
+def mx_implementations(scenario: str, port: int, dns_port: int, count: int,
+                       profile: str) -> dict:
     def mx(*extra: str) -> dict:
         return run_worker([OURS_PY, "worker_mx.py", scenario, "--port", str(port),
-                           "--dns-port", str(dns_port), "--count", str(count), *extra])
+                           "--dns-port", str(dns_port), "--count", str(count),
+                           "--profile", profile, *extra])
 
     if scenario == "mx_memory":
         return {"slimta-relay": mx, "bare c-ares floor": lambda: mx("--bare")}
@@ -110,42 +121,43 @@ def mx_implementations(scenario: str, port: int, dns_port: int, count: int) -> d
         "slimta-relay": mx,
         "static reuse20": lambda: run_worker(
             [OURS_PY, "worker_slimta.py", "reuse20", "--port", str(port), "--count",
-             str(count), "--size", "2048"]),
+             str(count), "--profile", profile]),
     }
 
 
-def implementations(scenario: str, port: int, count: int) -> dict:
+def implementations(scenario: str, port: int, count: int, profile: str,
+                    source_file: str) -> dict:
     """name -> callable running one measurement and returning the worker's result."""
     orig_env = dict(os.environ, PYTHONPATH=os.path.join(HERE, "shim"))
-    size = BIG_SIZE if scenario == "big" else 2048
-    # python-slimta waits ~10 ms per reused message; fewer messages keep rounds short.
-    orig_count = max(200, count // 10) if scenario == "reuse1" else count
+    orig_count = max(200, count // ORIG_SHARE.get(scenario, 1))
+    worker_args = [scenario, "--port", str(port), "--profile", profile, "--big-size",
+                   str(BIG_SIZE)]
     impls = {
         "slimta-relay": lambda: run_worker(
-            [OURS_PY, "worker_slimta.py", scenario, "--port", str(port), "--count", str(count),
-             "--size", str(size)]),
+            [OURS_PY, "worker_slimta.py", *worker_args, "--count", str(count)]),
         "aiosmtplib": lambda: run_worker(
-            [OURS_PY, "worker_aiosmtplib.py", scenario, "--port", str(port), "--count",
-             str(count), "--size", str(size)]),
+            [OURS_PY, "worker_aiosmtplib.py", *worker_args, "--count", str(count)]),
     }
     if scenario != "big" and os.path.exists(ORIG_PY):
         impls["python-slimta"] = lambda: run_worker(
-            [ORIG_PY, "worker_slimta.py", scenario, "--port", str(port), "--count",
-             str(orig_count), "--size", str(size)], env=orig_env)
-    common = ["-M", "bench.example.com", "-f", "sender@example.com", "-t", "rcpt@example.com"]
+            [ORIG_PY, "worker_slimta.py", *worker_args, "--count", str(orig_count)],
+            env=orig_env)
+    common = ["-M", "bench.example.com", "-f", "sender@example.com", "-t", "rcpt0@example.com"]
+    # -F sends the profile's message 0 as it is (each line + CRLF, dot-stuffed).
+    payload = ["-F", source_file]
     target = f"127.0.0.1:{port}"
     if scenario == "reuse1":
         impls["smtp-source"] = lambda: run_source(
-            ["-d", "-s", "1", "-m", str(count), "-l", "2048", *common, target], count)
+            ["-d", "-s", "1", "-m", str(count), *payload, *common, target], count)
     elif scenario == "reuse20":
         impls["smtp-source"] = lambda: run_source(
-            ["-d", "-s", "20", "-m", str(count), "-l", "2048", *common, target], count)
+            ["-d", "-s", "20", "-m", str(count), *payload, *common, target], count)
     elif scenario == "noreuse20":
         impls["smtp-source"] = lambda: run_source(
-            ["-s", "20", "-m", str(count), "-l", "2048", *common, target], count)
+            ["-s", "20", "-m", str(count), *payload, *common, target], count)
     elif scenario == "big":
-        impls["smtp-source"] = lambda: run_source(
-            ["-s", "1", "-m", "1", "-l", str(BIG_SIZE), *common, target], 1)
+        impls["smtp-source"] = lambda: dict(run_source(
+            ["-s", "1", "-m", "1", "-l", str(BIG_SIZE), *common, target], 1), bytes=BIG_SIZE)
     return impls
 
 
@@ -157,8 +169,11 @@ def to_sample(scenario: str, result: dict) -> Sample:
                       result["cpu"] * 1e6 / result["messages"],
                       {"rss_mb": result["rss_growth"] / 2**20})
     if scenario == "big":
-        rate = BIG_SIZE / result["elapsed"] / 1e6
-        extra = {"peak_growth_mb": result.get("peak_growth", 0) / 1e6}
+        size = result.get("bytes", BIG_SIZE)
+        rate = size / result["elapsed"] / 1e6
+        extra = {"size_mb": size / 1e6}
+        if "peak_growth" in result:  # smtp-source's is not measured
+            extra["peak_growth_mb"] = result["peak_growth"] / 1e6
         return Sample(rate, result["cpu"] * 1e6, extra)
     return Sample(result["messages"] / result["elapsed"],
                   result["cpu"] * 1e6 / result["messages"])
@@ -171,19 +186,40 @@ def main() -> None:
     parser.add_argument("scenarios", nargs="*", default=list(SCENARIOS))
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--count", type=int, default=5000)
+    parser.add_argument("--profile", choices=PROFILES, default="2k",
+                        help="message profile from bench/messages.py (default 2k)")
     parser.add_argument("--only", nargs="*", help="implementations to run")
     parser.add_argument("--mx-memory-count", type=int, default=100000)
+    parser.add_argument("--tree", metavar="DIR",
+                        help="import slimta from DIR (e.g. a `git archive` snapshot of a commit)"
+                        " instead of the working tree")
     args = parser.parse_args()
+    if args.tree:
+        global OURS_ENV
+        tree = os.path.abspath(args.tree)
+        if not os.path.isdir(os.path.join(tree, "slimta")):
+            parser.error(f"{tree} has no slimta/ package")
+        OURS_ENV = dict(os.environ, PYTHONPATH=tree)
+    unknown = [s for s in args.scenarios if s not in SCENARIOS]
+    if unknown:
+        parser.error(f"unknown scenario(s): {', '.join(unknown)}")
+    tmp = tempfile.mkdtemp(prefix="slimta-bench-")
+    source_file = os.path.join(tmp, f"{args.profile}.eml")
+    size = write_lf(args.profile, source_file)
+    os.chmod(tmp, 0o755)
+    print(f"# profile {args.profile}: {size}-byte messages, {args.count} per run, "
+          f"{args.rounds} rounds, interleaved; slimta from {args.tree or ROOT}")
     sink, port = start_sink()
+    results: dict[str, dict[str, Sample]] = {}
     try:
         for scenario in args.scenarios:
             dns = None
             if scenario in MX_SCENARIOS:
                 dns, dns_port = start_dns(distinct=scenario == "mx_memory")
                 count = args.mx_memory_count if scenario == "mx_memory" else args.count
-                impls = mx_implementations(scenario, port, dns_port, count)
+                impls = mx_implementations(scenario, port, dns_port, count, args.profile)
             else:
-                impls = implementations(scenario, port, args.count)
+                impls = implementations(scenario, port, args.count, args.profile, source_file)
             if args.only:
                 impls = {k: v for k, v in impls.items() if k in args.only}
             samples: dict[str, list[Sample]] = {name: [] for name in impls}
@@ -196,33 +232,80 @@ def main() -> None:
                 if dns is not None:
                     dns.kill()
                     dns.wait()
-            report(scenario, samples)
+            results[scenario] = report(scenario, samples)
     finally:
         sink.kill()
         sink.wait()
+        shutil.rmtree(tmp, ignore_errors=True)
+    targets(results)
 
 
-def report(scenario: str, samples: dict[str, list[Sample]]) -> None:
+def median_sample(runs: list[Sample]) -> Sample:
+    extra = {key: statistics.median(s.extra[key] for s in runs) for key in runs[0].extra}
+    return Sample(statistics.median(s.rate for s in runs),
+                  statistics.median(s.cpu_us for s in runs), extra)
+
+
+def report(scenario: str, samples: dict[str, list[Sample]]) -> dict[str, Sample]:
     unit = "MB/s" if scenario == "big" else "msg/s"
     rounds = len(next(iter(samples.values())))
     print(f"\n## {scenario}: {SCENARIOS[scenario]}  (median of {rounds})")
     print(f"| implementation | {unit} | rounds | CPU us/msg | slimta-relay ratio |")
     print("|---|---|---|---|---|")
-    ours = statistics.median(s.rate for s in samples.get("slimta-relay", [Sample(0, 0)]))
+    medians = {name: median_sample(runs) for name, runs in samples.items()}
+    ours = medians["slimta-relay"].rate if "slimta-relay" in medians else 0.0
     for name, runs in samples.items():
-        rate = statistics.median(s.rate for s in runs)
-        cpu = statistics.median(s.cpu_us for s in runs)
+        med = medians[name]
         each = ", ".join(f"{s.rate:.0f}" if s.rate > 50 else f"{s.rate:.1f}" for s in runs)
-        ratio = f"{ours / rate:.2f}x" if rate and name != "slimta-relay" else "-"
+        ratio = f"{ours / med.rate:.2f}x" if med.rate and name != "slimta-relay" else "-"
         extra = ""
         if scenario == "big":
-            growth = statistics.median(s.extra.get("peak_growth_mb", 0) for s in runs)
-            extra = f" (peak RSS growth {growth:.1f} MB)"
-        if "rss_mb" in runs[0].extra:
-            growth = statistics.median(s.extra["rss_mb"] for s in runs)
-            extra = f" (RSS growth {growth:.1f} MiB)"
-        print(f"| {name} | {rate:.1f}{extra} | {each} | {cpu:.0f} | {ratio} |")
+            if "peak_growth_mb" in med.extra:
+                growth = med.extra["peak_growth_mb"]
+                size = med.extra["size_mb"]
+                extra = f" (peak RSS growth {growth:.1f} MB = {growth / size:.2f}x the message)"
+        if "rss_mb" in med.extra:
+            extra = f" (RSS growth {med.extra['rss_mb']:.1f} MiB)"
+        print(f"| {name} | {med.rate:.1f}{extra} | {each} | {med.cpu_us:.0f} | {ratio} |")
     sys.stdout.flush()
+    return medians
+
+
+def targets(results: dict[str, dict[str, Sample]]) -> None:
+    """Issue 12's targets, checked against this run's medians (for the measured scenarios)."""
+    lines = []
+
+    def check(label: str, value: float, goal: float, at_most: bool = False, fmt: str = ".2f"
+              ) -> None:
+        met = value <= goal if at_most else value >= goal
+        sign = "<=" if at_most else ">="
+        lines.append(f"- {label}: {value:{fmt}} (target {sign} {goal:{fmt}}) "
+                     f"{'MET' if met else 'MISSED'}")
+
+    def ratio(scenario: str, peer: str) -> float | None:
+        got = results.get(scenario, {})
+        if "slimta-relay" not in got or peer not in got or not got[peer].rate:
+            return None
+        return got["slimta-relay"].rate / got[peer].rate
+
+    r20 = results.get("reuse20", {})
+    if "slimta-relay" in r20:
+        check("reuse20 CPU us/msg", r20["slimta-relay"].cpu_us, 90, at_most=True, fmt=".0f")
+    for peer, goal in (("python-slimta", 4.0), ("aiosmtplib", 2.5)):
+        value = ratio("reuse20", peer)
+        if value is not None:
+            check(f"reuse20 vs {peer}", value, goal)
+    value = ratio("reuse1", "smtp-source")
+    if value is not None:
+        check("reuse1 vs smtp-source -d -s 1", value, 1.5)
+    value = ratio("big", "smtp-source")
+    if value is not None:
+        check("big MB/s vs smtp-source", value, 0.9)
+        ours = results["big"]["slimta-relay"].extra
+        check("big peak RSS growth / message size",
+              ours["peak_growth_mb"] / ours["size_mb"], 1.5, at_most=True)
+    if lines:
+        print("\n## targets (issue 12)\n" + "\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,11 @@
 """Benchmark worker for aiosmtplib (asyncio; one SMTP client per connection).
 
-    python bench/worker_aiosmtplib.py SCENARIO --port P --count N [--size BYTES]
+    python bench/worker_aiosmtplib.py SCENARIO --port P --count N [--profile 2k]
+        [--big-size BYTES]
+
+The messages are the raw bytes of bench/messages.py, handed to ``sendmail()`` as they
+are; ``reuse20``/``noreuse20`` run 20 concurrent clients (tasks), each sending its
+share in turn, ``reuse1`` one client.
 """
 
 from __future__ import annotations
@@ -10,19 +15,8 @@ import asyncio
 import gc
 
 import aiosmtplib
-from _common import Clock, body_of, emit, peak_rss_bytes, rss_bytes
-
-
-def messages(count: int, size: int) -> list[tuple[str, list[str], bytes]]:
-    body = body_of(size)
-    return [
-        (
-            "sender@example.com",
-            [f"rcpt{i}@example.com"],
-            b"From: sender@example.com\r\nSubject: bench %d\r\n\r\n" % i + body,
-        )
-        for i in range(count)
-    ]
+from _common import Clock, emit, peak_rss_bytes, reset_peak_rss, rss_bytes
+from messages import PROFILES, big_message, messages
 
 
 async def connected(port: int) -> aiosmtplib.SMTP:
@@ -71,16 +65,17 @@ async def noreuse(port: int, msgs: list, connections: int) -> tuple[Clock, int]:
     return clock, failures
 
 
-async def big(port: int, size: int) -> None:
-    (msg,) = messages(1, size)
+async def big(port: int, profile: str, size: int) -> None:
+    raw = big_message(profile, size)
     client = await connected(port)
     gc.collect()
     base = rss_bytes()
+    reset_peak_rss()
     with Clock() as clock:
-        await client.sendmail(*msg)
+        await client.sendmail("sender@example.com", ["rcpt0@example.com"], raw)
     growth = max(0, peak_rss_bytes() - base)
     await client.quit()
-    emit(messages=1, bytes=size, elapsed=clock.elapsed, cpu=clock.cpu, peak_growth=growth,
+    emit(messages=1, bytes=len(raw), elapsed=clock.elapsed, cpu=clock.cpu, peak_growth=growth,
          failures=0)
 
 
@@ -89,12 +84,13 @@ def main() -> None:
     parser.add_argument("scenario")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--count", type=int, default=2000)
-    parser.add_argument("--size", type=int, default=2048)
+    parser.add_argument("--profile", choices=PROFILES, default="2k")
+    parser.add_argument("--big-size", type=int, default=20 * 2**20)
     args = parser.parse_args()
     if args.scenario == "big":
-        asyncio.run(big(args.port, args.size))
+        asyncio.run(big(args.port, args.profile, args.big_size))
         return
-    msgs = messages(args.count, args.size)
+    msgs = messages(args.profile, args.count)
     if args.scenario == "reuse1":
         clock, failures = asyncio.run(reuse(args.port, msgs, 1))
     elif args.scenario == "reuse20":

@@ -1,6 +1,6 @@
 """Benchmark worker for MxSmtpRelay (slimta-relay only; the MX targets are relative).
 
-    python bench/worker_mx.py SCENARIO --port SINK --dns-port DNS --count N
+    python bench/worker_mx.py SCENARIO --port SINK --dns-port DNS --count N [--profile 2k]
 
 Scenarios:
   mx_cached    N messages over 100 domains whose MX records were looked up before
@@ -9,7 +9,9 @@ Scenarios:
   mx_memory    N messages, each to a new domain with its own MX host; reports
                RSS growth. ``--bare`` instead only runs the same N MX lookups on
                a plain pycares channel, to measure c-ares' own cache (the floor).
-Every MX host is routed to the sink by the socket_creator.
+Every MX host is routed to the sink by the socket_creator. Messages come from
+bench/messages.py; like slimta's queue, ``--consumers`` greenlets (100) call
+``attempt()`` concurrently.
 """
 
 from __future__ import annotations
@@ -17,18 +19,20 @@ from __future__ import annotations
 import argparse
 import gc
 import sys
+from collections.abc import Iterable, Iterator
 
 import gevent
 import gevent.pool
-from _common import Clock, body_of, emit, rss_bytes
+from _common import Clock, emit, rss_bytes
 from gevent.socket import create_connection
+from messages import PROFILES, message
 
 
-def envelope(domain: str, i: int, body: bytes):
+def envelope(domain: str, i: int, profile: str):
     from slimta.envelope import Envelope
 
     env = Envelope("sender@example.com", [f"rcpt{i}@{domain}"])
-    env.parse(b"From: sender@example.com\r\nSubject: bench %d\r\n\r\n" % i + body)
+    env.parse(message(profile, i))
     return env
 
 
@@ -57,6 +61,8 @@ def main() -> None:
     parser.add_argument("--dns-port", type=int, required=True)
     parser.add_argument("--count", type=int, default=2000)
     parser.add_argument("--bare", action="store_true")
+    parser.add_argument("--profile", choices=PROFILES, default="2k")
+    parser.add_argument("--consumers", type=int, default=100)
     args = parser.parse_args()
     if args.bare:
         bare_lookups(args)
@@ -74,53 +80,52 @@ def main() -> None:
     idle = None if args.scenario == "mx_memory" else 30.0
     relay = MxSmtpRelay(socket_creator=lambda address: create_connection(sink),
                         ehlo_as="bench.example.com", pool_size=20, idle_timeout=idle)
-    body = body_of(2048)
+    prof = args.profile
     if args.scenario == "mx_cached":
         domains = [f"c{i}.bench" for i in range(100)]
-        envs = [envelope(domains[i % 100], i, body) for i in range(args.count)]
-        warm = [envelope(d, 0, body) for d in domains]
+        envs = [envelope(domains[i % 100], i, prof) for i in range(args.count)]
+        warm = [envelope(d, 0, prof) for d in domains]
     elif args.scenario == "mx_uncached":
-        envs = [envelope(f"u{i}.bench", i, body) for i in range(args.count)]
-        warm = [envelope(f"w{i}.bench", i, body) for i in range(20)]
+        envs = [envelope(f"u{i}.bench", i, prof) for i in range(args.count)]
+        warm = [envelope(f"w{i}.bench", i, prof) for i in range(20)]
     elif args.scenario == "mx_memory":
         # Envelopes are built on the fly: a list of them built up front and then
         # freed would leave heap that hides the growth being measured.
         envs = []
-        warm = [envelope(f"w{i}.bench", i, body) for i in range(20)]
+        warm = [envelope(f"w{i}.bench", i, prof) for i in range(20)]
     else:
         raise SystemExit(f"unknown scenario {args.scenario}")
     gevent.joinall([gevent.spawn(relay.attempt, env, 0) for env in warm], raise_error=True)
     failures = 0
 
-    def one(env: object) -> None:
+    def consume(pending: Iterator) -> None:
         nonlocal failures
-        try:
-            relay.attempt(env, 0)
-        except Exception as exc:
-            failures += 1
-            if failures < 3:
-                print("failure:", exc, file=sys.stderr)
+        for env in pending:  # shared: each envelope is taken once
+            try:
+                relay.attempt(env, 0)
+            except Exception as exc:
+                failures += 1
+                if failures < 3:
+                    print("failure:", exc, file=sys.stderr)
+
+    def drain(envs: Iterable) -> None:
+        pending = iter(envs)
+        gevent.joinall([gevent.spawn(consume, pending) for _ in range(args.consumers)])
 
     if args.scenario == "mx_memory":
         gc.collect()
         base = rss_bytes()
-        workers = gevent.pool.Pool(80)
         with Clock() as clock:
-            for i in range(args.count):
-                workers.spawn(one, envelope(f"u{i}.bench", i, body))
-            workers.join()
+            drain(envelope(f"u{i}.bench", i, prof) for i in range(args.count))
         gc.collect()
         growth = rss_bytes() - base
         emit(messages=args.count, elapsed=clock.elapsed, cpu=clock.cpu, failures=failures,
              rss_growth=growth, relays=len(relay._relayers), records=len(relay._mx_records))
         relay.kill()
         return
-    workers = gevent.pool.Pool(80)
     gc.collect()
     with Clock() as clock:
-        for env in envs:
-            workers.spawn(one, env)
-        workers.join()
+        drain(envs)
     relay.kill()
     emit(messages=args.count, elapsed=clock.elapsed, cpu=clock.cpu, failures=failures)
 

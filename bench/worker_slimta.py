@@ -3,7 +3,13 @@
 The same script drives slimta-relay and python-slimta 5.0.5: the API is the same,
 only the interpreter (and so the installed package) differs.
 
-    python bench/worker_slimta.py SCENARIO --port P --count N [--size BYTES]
+    python bench/worker_slimta.py SCENARIO --port P --count N [--profile 2k]
+        [--consumers 100] [--big-size BYTES] [--cprofile FILE]
+
+Load shape: like slimta's queue, ``--consumers`` greenlets (100) each take the next
+envelope from the shared list and call ``relay.attempt(env, 0)``, until the list is
+empty. Every envelope is built with ``Envelope.parse()`` of the profile's raw bytes
+before the clock starts.
 """
 
 from __future__ import annotations
@@ -11,53 +17,74 @@ from __future__ import annotations
 import argparse
 import gc
 import sys
+from collections.abc import Iterator
+from typing import Any
 
 import gevent
-import gevent.pool
-from _common import Clock, body_of, emit, peak_rss_bytes, rss_bytes
+from _common import Clock, announce, emit, peak_rss_bytes, reset_peak_rss, rss_bytes
+from messages import PROFILES, big_message, messages
 
 
-def envelopes(count: int, size: int) -> list:
+def envelopes(profile: str, count: int) -> list:
     from slimta.envelope import Envelope
 
-    body = body_of(size)
     out = []
-    for i in range(count):
-        env = Envelope("sender@example.com", [f"rcpt{i}@example.com"])
-        env.parse(b"From: sender@example.com\r\nSubject: bench %d\r\n\r\n" % i + body)
+    for sender, rcpts, raw in messages(profile, count):
+        env = Envelope(sender, rcpts)
+        env.parse(raw)
         out.append(env)
     return out
+
+
+class Profiler:
+    """cProfile around the measured section when ``--cprofile FILE`` is given."""
+
+    def __init__(self, path: str | None) -> None:
+        self.path = path
+        self.prof: Any = None
+
+    def __enter__(self) -> Profiler:
+        if self.path:
+            import cProfile
+
+            self.prof = cProfile.Profile()
+            self.prof.enable()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.prof is not None:
+            self.prof.disable()
+            self.prof.dump_stats(self.path)
 
 
 def run_static(args: argparse.Namespace, pool_size: int, reuse: bool) -> None:
     from slimta.relay.smtp.static import StaticSmtpRelay
 
-    kwargs = {"pool_size": pool_size, "ehlo_as": "bench.example.com"}
+    kwargs: dict[str, Any] = {"pool_size": pool_size, "ehlo_as": "bench.example.com"}
     if reuse:
         kwargs["idle_timeout"] = 30.0
     relay = StaticSmtpRelay("127.0.0.1", args.port, **kwargs)
-    envs = envelopes(args.count, args.size)
-    warm = envelopes(pool_size, args.size)
+    envs = envelopes(args.profile, args.count)
+    warm = envelopes(args.profile, pool_size)
     # Warm up: open the connections (when reused) before the clock starts.
     gevent.joinall([gevent.spawn(relay.attempt, env, 0) for env in warm], raise_error=True)
     failures = 0
-    concurrency = max(pool_size * 4, 8)
-    workers = gevent.pool.Pool(concurrency)
+    pending: Iterator = iter(envs)
 
-    def one(env: object) -> None:
+    def consumer() -> None:
         nonlocal failures
-        try:
-            relay.attempt(env, 0)
-        except Exception as exc:  # counted, reported
-            failures += 1
-            if failures < 3:
-                print("failure:", exc, file=sys.stderr)
+        for env in pending:  # the iterator is shared: each envelope is taken once
+            try:
+                relay.attempt(env, 0)
+            except Exception as exc:  # counted, reported
+                failures += 1
+                if failures < 3:
+                    print("failure:", exc, file=sys.stderr)
 
     gc.collect()
-    with Clock() as clock:
-        for env in envs:
-            workers.spawn(one, env)
-        workers.join()
+    announce()
+    with Profiler(args.cprofile), Clock() as clock:
+        gevent.joinall([gevent.spawn(consumer) for _ in range(args.consumers)])
     try:
         relay.kill()
     except RuntimeError:  # python-slimta's kill() mutates the set it iterates
@@ -65,19 +92,32 @@ def run_static(args: argparse.Namespace, pool_size: int, reuse: bool) -> None:
     emit(messages=args.count, elapsed=clock.elapsed, cpu=clock.cpu, failures=failures)
 
 
+def big_envelope(profile: str, size: int) -> tuple[Any, int]:
+    """The big envelope and its size; the raw bytes are dropped (a queue hands the
+    relay the parsed envelope, not the raw bytes too)."""
+    from slimta.envelope import Envelope
+
+    env = Envelope("sender@example.com", ["rcpt0@example.com"])
+    raw = big_message(profile, size)
+    env.parse(raw)
+    return env, len(raw)
+
+
 def run_big(args: argparse.Namespace) -> None:
     from slimta.relay.smtp.static import StaticSmtpRelay
 
     relay = StaticSmtpRelay("127.0.0.1", args.port, pool_size=1, ehlo_as="bench.example.com",
                             data_timeout=120.0)
-    (env,) = envelopes(1, args.size)
+    env, size = big_envelope(args.profile, args.big_size)
     gc.collect()
+    announce()
     base = rss_bytes()
-    with Clock() as clock:
+    reset_peak_rss()
+    with Profiler(args.cprofile), Clock() as clock:
         relay.attempt(env, 0)
     growth = max(0, peak_rss_bytes() - base)
     relay.kill()
-    emit(messages=1, bytes=args.size, elapsed=clock.elapsed, cpu=clock.cpu,
+    emit(messages=1, bytes=size, elapsed=clock.elapsed, cpu=clock.cpu,
          peak_growth=growth, failures=0)
 
 
@@ -86,7 +126,10 @@ def main() -> None:
     parser.add_argument("scenario")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--count", type=int, default=2000)
-    parser.add_argument("--size", type=int, default=2048)
+    parser.add_argument("--profile", choices=PROFILES, default="2k")
+    parser.add_argument("--consumers", type=int, default=100)
+    parser.add_argument("--big-size", type=int, default=20 * 2**20)
+    parser.add_argument("--cprofile", metavar="FILE")
     args = parser.parse_args()
     if args.scenario == "reuse1":
         run_static(args, 1, True)
