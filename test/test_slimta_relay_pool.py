@@ -7,7 +7,7 @@ from typing import Any
 
 import gevent
 import pytest
-from gevent.event import Event
+from gevent.event import AsyncResult, Event
 
 from slimta.envelope import Envelope
 from slimta.relay import PermanentRelayError, TransientRelayError
@@ -157,7 +157,7 @@ def test_requeue_hands_the_request_to_a_fresh_client() -> None:
                 clients.append(self)
                 result, envelope = self.poll()
                 assert result is not None and envelope is not None
-                self._requeue(result, envelope)  # e.g. the server closed while idle
+                self.requeue(result, envelope)  # e.g. the server closed while idle
                 return
             super()._run()
 
@@ -173,12 +173,62 @@ def test_requeue_hands_the_request_to_a_fresh_client() -> None:
 def test_requeue_goes_to_the_head() -> None:
     queue = BlockingDeque()
     client = EchoClient(queue)
-    queue.append(("r1", "e1"))
-    queue.append(("r2", "e2"))
+    first, second = (AsyncResult(), env("a")), (AsyncResult(), env("b"))
+    queue.append(first)
+    queue.append(second)
     item = client.poll()
-    client._requeue(*item)
-    assert list(queue) == [("r1", "e1"), ("r2", "e2")]
-    assert client._pending is None
+    assert client.pending == (first[0],)
+    client.requeue(*item)
+    assert list(queue) == [first, second]
+    assert client.pending == ()
+    assert client._requeue == client.requeue  # python-slimta-era name, kept
+
+
+def test_poll_nowait_never_blocks_and_tracks_what_it_takes() -> None:
+    queue = BlockingDeque()
+    client = EchoClient(queue)
+    assert client.poll_nowait() == (None, None)
+    assert EchoClient(None).poll_nowait() == (None, None)
+    first, second = (AsyncResult(), env("a")), (AsyncResult(), env("b"))
+    queue.extend([first, second])
+    assert client.poll() == first
+    assert client.poll_nowait() == second
+    assert client.pending == (first[0], second[0])
+    first[0].set(Reply("250", "2.0.0 Ok"))
+    assert client.pending == (second[0],)
+    assert client.poll_nowait() == (None, None) and not queue
+
+
+def test_poll_nowait_keeps_the_count_in_step_with_a_woken_waiter() -> None:
+    queue = BlockingDeque()
+    waiting, taker = EchoClient(queue), EchoClient(queue)
+    waiter = gevent.spawn(waiting.poll)
+    gevent.idle()  # the waiter blocks in popleft()
+    first, second = (AsyncResult(), env("a")), (AsyncResult(), env("b"))
+    queue.append(first)  # wakes the waiter, which has not run yet
+    assert taker.poll_nowait() == first
+    gevent.idle()
+    assert not waiter.ready()  # it found nothing and waits again, no IndexError
+    queue.append(second)
+    with gevent.Timeout(GUARD_SECONDS):
+        assert waiter.get() == second
+
+
+def test_a_dead_client_fails_every_request_it_took() -> None:
+    class TakesTwo(RelayPoolClient):
+        def _run(self) -> None:
+            self.poll()
+            self.poll_nowait()
+            raise RuntimeError("bug")
+
+    pool = Pool(lambda: TakesTwo(None))
+    waiters = [gevent.spawn(pool.attempt, env(rcpt), 0) for rcpt in ("a", "b")]
+    with gevent.Timeout(GUARD_SECONDS):
+        gevent.joinall(waiters)
+    pool.kill()
+    for waiter in waiters:
+        assert isinstance(waiter.exception, TransientRelayError)
+        assert str(waiter.exception.reply) == "451 4.3.0 Relay client exited unexpectedly"
 
 
 def test_kill_fails_queued_and_running_requests() -> None:

@@ -238,9 +238,43 @@ def test_pipelined_data_reply_filled_by_flush(pair: tuple[Client, Peer]) -> None
     sent = client.send_data(b"body\r\n")
     assert not sent and client.reply_queue == [sent]
     peer.send(b"250 2.0.0 queued\r\n")
-    client._flush_pipeline()
+    client.flush()
     peer.expect(b"body\r\n.\r\n")
     assert sent.code == "250"
+
+
+def test_queue_command_waits_for_the_next_flush(pair: tuple[Client, Peer]) -> None:
+    client, peer = pair
+    greet(client, peer)
+    sent = client.send_data(b"body\r\n")
+    mail = client.mailfrom("s@example.com")
+    data = client.queue_command(b"DATA")
+    assert not data and data.command == b"DATA"
+    assert client.reply_queue == [sent, mail, data]
+    assert peer.nothing_written()
+    peer.send(b"250 2.0.0 queued\r\n250 2.1.0 ok\r\n354 go on\r\n")
+    client.flush()
+    # One write: the end of the message, then the next transaction's commands.
+    peer.expect(b"body\r\n.\r\nMAIL FROM:<s@example.com>\r\nDATA\r\n")
+    assert [r.code for r in (sent, mail, data)] == ["250", "250", "354"]
+    assert not client.reply_queue
+
+
+@pytest.mark.parametrize("arg", [None, b"x\r\nRSET", "x\x00"])
+def test_queue_command_refuses_line_breaks(pair: tuple[Client, Peer], arg: bytes | None) -> None:
+    client, peer = pair
+    with pytest.raises(ValueError):
+        client.queue_command(b"NOOP\r\n" if arg is None else b"NOOP", arg)
+    assert not client.reply_queue and not client.io.send_buffer
+
+
+def test_flush_pipeline_is_the_old_name_of_flush(pair: tuple[Client, Peer]) -> None:
+    client, peer = pair
+    reply = client.queue_command(b"NOOP")
+    peer.send(b"250 2.0.0 ok\r\n")
+    client._flush_pipeline()
+    peer.expect(b"NOOP\r\n")
+    assert reply.code == "250"
 
 
 def test_pipelined_empty_data(pair: tuple[Client, Peer]) -> None:
@@ -502,7 +536,7 @@ def test_against_aiosmtpd(aiosmtpd_server, tls_cert: TlsCert) -> None:  # type: 
             assert client.data().code == "354"
             assert (mail.code, good.code, bad.code) == ("250", "250", "550")
             sent = client.send_data(b"Subject: t\r\n\r\n", b".hi\nthere")
-            client._flush_pipeline()
+            client.flush()
             assert sent.code == "250"
             assert client.quit().code == "221"
     finally:

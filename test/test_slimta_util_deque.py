@@ -36,3 +36,17 @@ def test_clear_drains_the_count():
     with gevent.Timeout(0.01, False):
         dq.pop()
         pytest.fail("pop should block after clear")
+
+
+def test_popleft_nowait_takes_only_what_is_there():
+    dq = BlockingDeque()
+    assert dq.popleft_nowait() is None
+    marker = object()
+    assert dq.popleft_nowait(marker) is marker
+    dq.extend(["a", "b"])
+    assert dq.popleft_nowait() == "a"
+    assert dq.popleft() == "b"  # the count followed: "b" is still there to take
+    assert dq.popleft_nowait() is None
+    with gevent.Timeout(0.01, False):
+        dq.popleft()
+        pytest.fail("popleft should block: popleft_nowait took its share of the count")

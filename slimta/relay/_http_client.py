@@ -18,6 +18,7 @@ from typing import Any
 import gevent.ssl
 
 from slimta.relay import TransientRelayError
+from slimta.relay._replies import internal_failure, misconfigured
 from slimta.smtp.reply import Reply, connection_failed, timed_out, tls_failure
 
 __all__ = [
@@ -99,9 +100,7 @@ def transient(reply: Reply, detail: str) -> TransientRelayError:
 
 
 def config_error(detail: str) -> TransientRelayError:
-    # RFC 3463 X.3.5: "System incorrectly configured". Transient, so nothing is
-    # lost while the configuration is fixed.
-    return TransientRelayError(detail, Reply("451", "4.3.5 " + detail))
+    return TransientRelayError(detail, misconfigured(detail))
 
 
 def failure_error(exc: BaseException) -> TransientRelayError:
@@ -115,10 +114,8 @@ def failure_error(exc: BaseException) -> TransientRelayError:
     if isinstance(exc, _client.InvalidURL):
         return config_error(f"Invalid relay URL: {exc}")
     if isinstance(exc, _client.HTTPException):
-        detail = f"Malformed HTTP response: {exc!r}"
-        return TransientRelayError(detail, Reply("451", "4.3.0 " + detail))
-    detail = f"Unhandled error: {exc!r}"
-    return TransientRelayError(detail, Reply("451", "4.3.0 " + detail))
+        return internal_failure(f"Malformed HTTP response: {exc!r}")
+    return internal_failure(f"Unhandled error: {exc!r}")
 
 
 def is_disconnect(exc: BaseException) -> bool:

@@ -53,6 +53,7 @@ from slimta.relay._http_client import (
     is_stale,
     transient,
 )
+from slimta.relay._timeouts import Timeouts
 from slimta.relay.pool import RelayPool, RelayPoolClient
 from slimta.relay.smtp import SmtpRelayError
 from slimta.relay.smtp._connect import local_fqdn
@@ -97,6 +98,10 @@ class HttpRelay(RelayPool):
         reading the response, all together; ``None`` waits forever.
     :param idle_timeout: seconds a client keeps an idle connection open waiting
         for the next message; ``None`` closes the connection after each request.
+
+    Both are kept in :attr:`timeouts` (one HTTP exchange counts as one
+    ``command``); the ``timeout`` and ``idle_timeout`` attributes read and
+    change it.
     """
 
     #: The request method.
@@ -122,8 +127,26 @@ class HttpRelay(RelayPool):
         self.context = context
         # The resolved default is stored, as python-slimta does.
         self.ehlo_as: str | Callable[[], str] = ehlo_as or local_fqdn()
-        self.timeout = timeout
-        self.idle_timeout = idle_timeout
+        #: The relay's timeouts, as one value.
+        self.timeouts = Timeouts(command=timeout, idle=idle_timeout)
+
+    @property
+    def timeout(self) -> float | None:
+        """Seconds for one request: connect, send, and read the response."""
+        return self.timeouts.seconds("command")
+
+    @timeout.setter
+    def timeout(self, value: float | None) -> None:
+        self.timeouts = self.timeouts.clone(command=value)
+
+    @property
+    def idle_timeout(self) -> float | None:
+        """Seconds a client keeps an idle connection for the next message."""
+        return self.timeouts.seconds("idle")
+
+    @idle_timeout.setter
+    def idle_timeout(self, value: float | None) -> None:
+        self.timeouts = self.timeouts.clone(idle=value)
 
     def add_client(self) -> HttpRelayClient:
         """Return a new :class:`HttpRelayClient` for this relay."""
@@ -202,14 +225,11 @@ class HttpRelayClient(RelayPoolClient):
             result.set_exception(failure_error(exc))
         else:
             result.set(outcome)
-        finally:
-            if self._pending is result:
-                self._pending = None
 
     # -- one message -----------------------------------------------------------
     def _deliver(self, envelope: Envelope) -> Reply | None:
         header_data, body = envelope.flatten()
-        timer = gevent.Timeout(self.relay.timeout)
+        timer = gevent.Timeout(self.relay.timeouts.seconds("command"))
         timer.start()
         self._answer = None
         try:

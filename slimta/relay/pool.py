@@ -8,13 +8,14 @@ greenlets that take requests from it. A subclass supplies the clients through
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import gevent
 from gevent.event import AsyncResult
 
 from slimta.relay import Relay, RelayResult, TransientRelayError
-from slimta.smtp.reply import Reply
+from slimta.relay._replies import internal_failure
 from slimta.util.deque import BlockingDeque
 
 if TYPE_CHECKING:
@@ -24,14 +25,16 @@ __all__ = ["RelayPool", "RelayPoolClient"]
 
 Request = tuple[AsyncResult, "Envelope"]
 
+# A client forgets the requests it resolved once it has taken this many.
+_PRUNE_AT = 4
+
 
 def _shutdown_error() -> TransientRelayError:
-    return TransientRelayError("Relay shut down", Reply("451", "4.3.0 Relay shut down"))
+    return internal_failure("Relay shut down")
 
 
 def _client_lost_error() -> TransientRelayError:
-    msg = "Relay client exited unexpectedly"
-    return TransientRelayError(msg, Reply("451", "4.3.0 " + msg))
+    return internal_failure("Relay client exited unexpectedly")
 
 
 class RelayPool(Relay):
@@ -114,7 +117,9 @@ class RelayPoolClient(gevent.Greenlet):
         self.idle_timeout = idle_timeout
         #: True only while blocked in :meth:`poll`.
         self.idle = False
-        self._pending: AsyncResult | None = None
+        # The requests taken from the queue and not handed back; the pool fails
+        # the unresolved ones if this greenlet dies without resolving them.
+        self._taken: list[AsyncResult] = []
 
     def poll(self) -> tuple[AsyncResult, Envelope] | tuple[None, None]:
         """Take the next request, waiting up to :attr:`idle_timeout` seconds.
@@ -126,24 +131,60 @@ class RelayPoolClient(gevent.Greenlet):
         try:
             with gevent.Timeout(self.idle_timeout, False):
                 item = self.queue.popleft()
-                # A subclass's pool may queue other items: only a request is tracked.
-                self._pending = item[0] if isinstance(item, tuple) else None
+                self._track(item)
                 return item
             return None, None
         finally:
             self.idle = False
 
-    def _requeue(self, result: AsyncResult, envelope: Envelope) -> None:
-        """Put a request back at the head of the queue, for another client."""
+    def poll_nowait(self) -> tuple[AsyncResult, Envelope] | tuple[None, None]:
+        """Take the next request only if one is waiting now; never blocks.
+
+        The request is this client's from then on, exactly as one from
+        :meth:`poll`: resolve it, or give it back with :meth:`requeue`.
+
+        :returns: ``(result, envelope)``, or ``(None, None)`` when none is waiting.
+        """
+        if self.queue is None:
+            return None, None
+        item = self.queue.popleft_nowait()
+        if item is None:
+            return None, None
+        self._track(item)
+        return item
+
+    def requeue(self, result: AsyncResult, envelope: Envelope) -> None:
+        """Give a request back, at the head of the queue, for the next free client.
+
+        For a request this client took but never started on the wire, e.g.
+        because its connection closed while idle.
+        """
         assert self.queue is not None
-        if self._pending is result:
-            self._pending = None
+        if result in self._taken:
+            self._taken.remove(result)
         self.queue.appendleft((result, envelope))
 
-    def _fail_pending(self, make_error: Any) -> None:
-        pending, self._pending = self._pending, None
-        if pending is not None and not pending.ready():
-            pending.set_exception(make_error())
+    # The name this had before it was public.
+    _requeue = requeue
+
+    @property
+    def pending(self) -> tuple[AsyncResult, ...]:
+        """The requests this client took and has neither resolved nor requeued."""
+        return tuple(result for result in self._taken if not result.ready())
+
+    def _track(self, item: Any) -> None:
+        # A subclass's pool may queue other items: only a request is tracked.
+        if isinstance(item, tuple) and isinstance(item[0], AsyncResult):
+            taken = self._taken
+            if len(taken) >= _PRUNE_AT:  # keep the list short: drop resolved requests
+                taken[:] = [result for result in taken if not result.ready()]
+            taken.append(item[0])
+
+    def _fail_pending(self, make_error: Callable[[], BaseException]) -> None:
+        taken, self._taken = self._taken, []
+        for result in taken:
+            if not result.ready():
+                result.set_exception(make_error())
 
     def _run(self) -> None:
         """The greenlet body: take work with :meth:`poll` and resolve each request.

@@ -2,11 +2,13 @@
 
 Every command method returns a :class:`~slimta.smtp.reply.Reply` at once. The
 reply object goes into :attr:`Client.reply_queue`; it is filled in when the
-pipeline is flushed. Commands that need their answer before anything else can
-happen (EHLO, DATA, STARTTLS, AUTH, RSET, QUIT, custom commands) flush at once.
-With PIPELINING, ``MAIL``, ``RCPT`` and the message data only queue bytes, so a
-transaction's ``MAIL``/``RCPT``…/``DATA`` leave in a single ``sendall`` and the
-replies are then read in order (RFC 2920).
+pipeline is flushed (:meth:`Client.flush`). Commands that need their answer
+before anything else can happen (EHLO, DATA, STARTTLS, AUTH, RSET, QUIT, custom
+commands) flush at once. With PIPELINING, ``MAIL``, ``RCPT`` and the message
+data only queue bytes, so a transaction's ``MAIL``/``RCPT``…/``DATA`` leave in a
+single ``sendall`` and the replies are then read in order (RFC 2920).
+:meth:`Client.queue_command` queues any command that way, for a caller that
+starts the next transaction behind the current message.
 
 Nothing hostile reaches the wire: addresses, EHLO names and custom commands are
 checked first (CR/LF/NUL, controls, unquoted ``<``/``>``/spaces, RFC 5321
@@ -38,6 +40,9 @@ __all__ = ["Client", "LmtpClient"]
 # AddressError and AddressEncodingError (both ValueError) are importable from
 # here too, for the relay layer to tell a bad address from other errors.
 
+# Commands that take no argument, spelled as they are sent: nothing to check.
+_BARE_VERBS = frozenset([b"DATA", b"RSET", b"NOOP", b"QUIT"])
+
 _BODY_VALUE_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-")
 
 
@@ -67,8 +72,34 @@ class Client:
         self.io.send_buffer += line
         self.reply_queue.append(reply)
 
-    def _flush_pipeline(self) -> None:
-        """Write everything queued, then fill every waiting reply, in order."""
+    def queue_command(self, command: bytes | str, arg: bytes | str | None = None) -> Reply:
+        """Queue ``command`` (plus ``' ' + arg``) without sending or waiting.
+
+        The bytes leave with the next :meth:`flush` (or the next command that
+        flushes), and the returned reply is filled then, in order. This is how a
+        caller pipelines a command the method for it would flush at once, such
+        as ``DATA`` (RFC 2920 lets it end a command group).
+
+        :returns: the reply, empty (falsy) until the flush; its ``command`` is
+            ``command`` upper-cased.
+        :raises ValueError: CR, LF or NUL in either part (nothing is queued).
+        """
+        if arg is None and command in _BARE_VERBS:  # the common case, already safe
+            reply = Reply(command=command)
+            self._queue(reply, command + b"\r\n")
+            return reply
+        verb = _as_bytes(command)
+        line = encode_command(verb, arg)
+        reply = Reply(command=verb.upper())
+        self._queue(reply, line)
+        return reply
+
+    def flush(self) -> None:
+        """Write everything queued, then fill every waiting reply, in order.
+
+        :raises ~slimta.smtp.ConnectionLost: the connection closed first.
+        :raises ~slimta.smtp.BadReply: a reply was malformed or too long.
+        """
         io = self.io
         io.flush_send()
         queue = self.reply_queue
@@ -78,6 +109,9 @@ class Client:
             if reply.is_error():
                 self.last_error = reply
 
+    #: python-slimta's name for :meth:`flush`, kept for code that calls it.
+    _flush_pipeline = flush
+
     def _pipelined(self) -> bool:
         return "PIPELINING" in self.extensions
 
@@ -86,7 +120,7 @@ class Client:
         if suppress_esc:
             reply.enhanced_status_code = False
         self._queue(reply, line)
-        self._flush_pipeline()
+        self.flush()
         return reply
 
     # -- unsolicited replies -------------------------------------------------
@@ -106,7 +140,7 @@ class Client:
         """Read one reply that no command asked for (e.g. a 421 before closing)."""
         reply = Reply(command=command)
         self.reply_queue.append(reply)
-        self._flush_pipeline()
+        self.flush()
         return reply
 
     def get_banner(self) -> Reply:
@@ -114,7 +148,7 @@ class Client:
         reply = Reply(command=b"[BANNER]")
         reply.enhanced_status_code = False
         self.reply_queue.append(reply)
-        self._flush_pipeline()
+        self.flush()
         return reply
 
     # -- greetings -----------------------------------------------------------
@@ -160,8 +194,9 @@ class Client:
     def encrypt(self, context: ssl.SSLContext | None = None) -> None:
         """Client TLS handshake on the current socket, SNI = the peer host.
 
-        :raises ssl.SSLError: when the handshake fails (Fix D-x10: never carry
-            on in clear). Catch it before ``OSError``, its base class.
+        :raises ssl.SSLError: when the handshake fails; the session must not
+            carry on in clear on this connection. Catch it before ``OSError``,
+            its base class.
         """
         self.io.encrypt_client(context)
 
@@ -171,8 +206,9 @@ class Client:
         The extensions are forgotten after the handshake; EHLO again.
 
         :returns: the STARTTLS reply (not 220: TLS was not started).
-        :raises ~slimta.smtp.BadReply: bytes followed the 220 (Fix D10); they
-            arrived in clear and would pass for the first TLS-protected reply.
+        :raises ~slimta.smtp.BadReply: bytes followed the 220; they arrived in
+            clear and would pass for the first TLS-protected reply (STARTTLS
+            response injection).
         :raises ssl.SSLError: the handshake failed.
         """
         reply = self._command(b"STARTTLS", b"STARTTLS\r\n")
@@ -202,7 +238,7 @@ class Client:
         :raises ~slimta.smtp.auth.InvalidMechanismError: unusable ``mechanism``.
         :raises ~slimta.smtp.auth.ServerAuthError: a nonsensical challenge.
         """
-        self._flush_pipeline()
+        self.flush()
         if "AUTH" not in self.extensions:
             reply = Reply("500", "5.5.2 Syntax error, command unrecognized", b"AUTH")
         else:
@@ -217,7 +253,7 @@ class Client:
     # -- transaction ---------------------------------------------------------
     def _maybe_flush(self) -> None:
         if not self._pipelined():
-            self._flush_pipeline()
+            self.flush()
 
     def mailfrom(
         self,
@@ -347,7 +383,7 @@ class LmtpClient(Client):
 
     def _collect(self) -> list[tuple[str, Reply]]:
         # Replies to RCPT may still be queued (pipelining): read them first.
-        self._flush_pipeline()
+        self.flush()
         results = [
             (rcpt, Reply(command=b"[SEND_DATA]"))
             for rcpt, rcpt_reply in self.rcpttos
@@ -355,7 +391,7 @@ class LmtpClient(Client):
         ]
         self.data_replies = results
         self.reply_queue.extend(reply for _, reply in results)
-        self._flush_pipeline()
+        self.flush()
         self.rcpttos = []
         return results
 

@@ -16,7 +16,8 @@ class BlockingDeque(collections.deque):
     """A deque paired with a semaphore that counts its items.
 
     :meth:`pop` and :meth:`popleft` block the calling greenlet until an item
-    exists. Every other method keeps the :class:`collections.deque` signature.
+    exists; :meth:`popleft_nowait` never blocks. Every other method keeps the
+    :class:`collections.deque` signature.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -62,12 +63,13 @@ class BlockingDeque(collections.deque):
         self.sema.acquire()
         return super().popleft(*args, **kwargs)
 
-    def _popleft_nowait(self) -> Any:
-        """Remove and return the leftmost item if one is free now, else ``None``.
+    def popleft_nowait(self, default: Any = None) -> Any:
+        """Remove and return the leftmost item if one is free now, else ``default``.
 
-        Never blocks. An item already promised to a woken waiter is not free:
-        the semaphore, not ``len()``, decides.
+        Never blocks. It takes the semaphore's count as the blocking pops do,
+        so count and items stay in step: a waiter that the same append woke,
+        and that has not run yet, finds nothing and goes on waiting.
         """
         if not self.sema.acquire(blocking=False):
-            return None
+            return default
         return super().popleft()

@@ -13,25 +13,23 @@ import re
 import dns.exception
 import dns.name
 
+from slimta.relay import _replies
 from slimta.relay.smtp import SmtpRelayError
-from slimta.smtp._wire import AddressError, check_address
-from slimta.smtp.reply import Reply
 
 __all__ = ["address_refusal", "domain_of", "literal_host"]
 
 
 def address_refusal(recipient: str) -> SmtpRelayError | None:
-    """Refuse a recipient the SMTP client would never send (API D9), before any DNS.
+    """Refuse a recipient the SMTP client would never send, before any DNS.
 
-    Its domain is not a routing question: ``user@host>`` or an address with CR/LF
-    in the local part would otherwise reach DNS, fail there as a malformed name and
-    be retried as a transient DNS failure.
+    The client refuses addresses that could inject commands or break the
+    envelope (CR, LF, controls, unquoted brackets, RFC 5321 lengths). Such a
+    recipient's domain is not a routing question: ``user@host>`` or an address
+    with CR/LF in the local part would otherwise reach DNS, fail there as a
+    malformed name and be retried as a transient DNS failure.
     """
-    try:
-        check_address(recipient)
-    except AddressError as exc:
-        return SmtpRelayError.factory(Reply("501", f"5.1.3 {exc.args[0]}", b"RCPT"))
-    return None
+    reply = _replies.address_refusal(recipient, "5.1.3", b"RCPT")
+    return None if reply is None else SmtpRelayError.factory(reply)
 
 
 def domain_of(recipient: str) -> str | None:

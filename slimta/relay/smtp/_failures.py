@@ -1,4 +1,8 @@
-"""How SMTP/LMTP relay failures become replies: the one mapping (API §0).
+"""How SMTP/LMTP relay failures become replies: the one mapping.
+
+Every failure is reported as a :class:`~slimta.smtp.reply.Reply` with a code and
+an enhanced status code, and only this module decides which (see the delivery
+semantics page, ``doc/semantics.rst``).
 
 Pure functions and marker exceptions, no I/O. :mod:`slimta.relay.smtp.client`
 raises the markers where it decides to fail, and hands every exception that ends
@@ -7,21 +11,16 @@ a stage to :func:`reply_for_exception`.
 
 from __future__ import annotations
 
-import re
 import ssl
 
 import gevent
 
+from slimta.relay._replies import MAX_DETAIL_CHARS, scrub
 from slimta.relay.smtp import SmtpRelayError
 from slimta.smtp import SmtpError
 from slimta.smtp.reply import Reply, connection_failed, timed_out
 
 __all__ = ["Abort", "TlsFailure", "reply_for_exception", "server_error", "MAX_DETAIL_CHARS"]
-
-#: Longest detail text copied from an exception into a synthetic reply.
-MAX_DETAIL_CHARS = 200
-
-_UNSAFE_TEXT_RE = re.compile(r"[\x00-\x1f\x7f]+")
 
 
 class Abort(Exception):
@@ -37,8 +36,7 @@ class TlsFailure(Exception):
 
 
 def _detail(exc: BaseException) -> str:
-    text = _UNSAFE_TEXT_RE.sub(" ", str(exc)).strip() or type(exc).__name__
-    return text[:MAX_DETAIL_CHARS]
+    return (scrub(str(exc), None).strip() or type(exc).__name__)[:MAX_DETAIL_CHARS]
 
 
 def reply_for_exception(
@@ -46,7 +44,7 @@ def reply_for_exception(
 ) -> Reply:
     """Map anything that ended an SMTP stage to the reply that reports it.
 
-    This is the only place where exceptions become replies (API §0):
+    This is the only place where exceptions become replies:
 
     ============================================  ==============================
     exception                                     reply
@@ -87,12 +85,12 @@ def server_error(reply: Reply) -> SmtpRelayError:
     """The error for a server's 4xx/5xx reply, by its first digit.
 
     Replies whose ESC is suppressed (banner, EHLO) get the default
-    ``X.0.0``, so that every error carries one (API §0). A reply that is not an
+    ``X.0.0``, so that every error carries one. A reply that is not an
     error where one was expected (e.g. 250 to DATA) becomes ``451 4.5.0``.
     """
     if not reply.is_error():
-        text = _UNSAFE_TEXT_RE.sub(" ", str(reply))[:MAX_DETAIL_CHARS]
-        reply = Reply("451", "4.5.0 Unexpected reply: " + text, reply.command, reply.address)
+        text = "4.5.0 Unexpected reply: " + scrub(str(reply))
+        reply = Reply("451", text, reply.command, reply.address)
     elif reply.enhanced_status_code is None:
         reply = Reply(reply.code, reply.raw_message, reply.command, reply.address)
     return SmtpRelayError.factory(reply)

@@ -1,9 +1,11 @@
 """What one transaction will send, decided before a byte is written.
 
 Pure checks of an envelope against the server's advertised extensions: address
-safety (API D9), SMTPUTF8 and SIZE (D8), and 8-bit content (8BITMIME or
-conversion). Failures are raised as relay errors carrying the §0 replies; a
-recipient that may not be sent gets its own error while the others go ahead.
+safety (nothing that could inject a command or break the envelope reaches the
+wire), SMTPUTF8 and SIZE (refused before MAIL, not after the data was sent), and
+8-bit content (8BITMIME or conversion). Failures are raised as relay errors
+carrying a reply with an enhanced status code; a recipient that may not be sent
+gets its own error while the others go ahead.
 """
 
 from __future__ import annotations
@@ -12,8 +14,8 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, NamedTuple, Union
 
 from slimta.relay import RelayError
+from slimta.relay._replies import address_refusal, no_valid_recipients
 from slimta.relay.smtp import SmtpPermanentRelayError, SmtpRelayError, SmtpTransientRelayError
-from slimta.smtp._wire import AddressError, check_address
 from slimta.smtp.extensions import Extensions
 from slimta.smtp.reply import Reply
 
@@ -57,20 +59,20 @@ def plan_transaction(
     """
     utf8_ok = "SMTPUTF8" in extensions
     sender = envelope.sender or ""
-    problem = _address_refusal(sender, utf8_ok, "5.1.7", b"MAIL")
+    problem = address_refusal(sender, "5.1.7", b"MAIL", utf8_ok)
     if problem is not None:
         raise SmtpRelayError.factory(problem)
     recipients: list[str] = []
     refused: dict[str, RelayError] = {}
     for rcpt in envelope.recipients:
-        problem = _address_refusal(rcpt, utf8_ok, "5.1.3", b"RCPT")
+        problem = address_refusal(rcpt, "5.1.3", b"RCPT", utf8_ok)
         if problem is None:
             recipients.append(rcpt)
         else:
             refused.setdefault(rcpt, SmtpRelayError.factory(problem))
     if not recipients:
         if not refused:  # an envelope without recipients: nothing can be sent
-            raise SmtpPermanentRelayError(Reply("554", "5.5.1 No valid recipients", b"RCPT"))
+            raise SmtpPermanentRelayError(no_valid_recipients())
         raise next(iter(refused.values()))  # all refused here, all permanent
     smtputf8 = utf8_ok and not (sender.isascii() and all(r.isascii() for r in recipients))
 
@@ -109,21 +111,10 @@ def _convert_to_7bit(
     return header, body
 
 
-def _address_refusal(address: str, utf8_ok: bool, esc: str, command: bytes) -> Reply | None:
-    """The reply refusing ``address`` before it is sent, or ``None`` when it may go."""
-    try:
-        check_address(address)
-    except AddressError as exc:
-        return Reply("501", f"{esc} {exc.args[0]}", command)
-    if not address.isascii() and not utf8_ok:
-        return Reply("553", "5.6.7 Non-ASCII address but the server lacks SMTPUTF8", command)
-    return None
-
-
 def in_envelope_order(
     order: Iterable[str], outcomes: Mapping[str, RcptOutcome]
 ) -> dict[str, RcptOutcome]:
-    """``outcomes`` keyed in the order the envelope lists its recipients (Compat).
+    """``outcomes`` keyed in the order the envelope lists its recipients.
 
     python-slimta builds its per-recipient result from the envelope's
     recipients, so programs may read it by position; a recipient listed twice
@@ -133,10 +124,12 @@ def in_envelope_order(
 
 
 def raise_if_uniform(order: Iterable[str], outcomes: Mapping[str, RcptOutcome]) -> None:
-    """Every recipient failed: raise the first error when all share a class (Compat).
+    """Every recipient failed: raise the first error when all share a class.
 
-    When permanent and transient rejections are mixed, return instead, so that
-    the caller reports each recipient by its own reply (API D-x5).
+    That is what python-slimta does. When permanent and transient rejections are
+    mixed, return instead, so that the caller reports each recipient by its own
+    reply: a single error would either bounce the transient ones or retry the
+    permanent ones.
     """
     errors = [outcomes[rcpt] for rcpt in order if isinstance(outcomes.get(rcpt), RelayError)]
     if not errors:

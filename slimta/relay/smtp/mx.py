@@ -29,6 +29,8 @@ from slimta.relay import (
     RelayResult,
     TransientRelayError,
 )
+from slimta.relay._replies import internal_failure, no_valid_recipients
+from slimta.relay._timeouts import Timeouts
 from slimta.relay.smtp._domains import address_refusal as _address_refusal
 from slimta.relay.smtp._domains import domain_of as _domain_of
 from slimta.relay.smtp._domains import literal_host as _literal_host
@@ -231,6 +233,11 @@ class MxSmtpRelay(Relay):
         self._retired: dict[int, Relay] = {}
 
     # -- configuration and override points ----------------------------------
+    @property
+    def timeouts(self) -> Timeouts:
+        """The timeouts given for every connection, as one value; the rest are defaults."""
+        return Timeouts.from_keywords(self._client_kwargs)
+
     def force_mx(self, domain: str, destination: str, port: int = 25) -> None:
         """Always deliver mail for ``domain`` to ``destination:port``, without DNS.
 
@@ -314,10 +321,7 @@ class MxSmtpRelay(Relay):
                 groups.setdefault(domain, []).append(rcpt)
         if not groups:
             if not failed:
-                raise PermanentRelayError(
-                    "Envelope has no recipients",
-                    Reply("554", "5.5.1 No valid recipients", command=b"RCPT"),
-                )
+                raise PermanentRelayError("Envelope has no recipients", no_valid_recipients())
             raise next(iter(failed.values()))
         if len(groups) == 1 and not failed:
             ((domain, _),) = groups.items()
@@ -337,7 +341,8 @@ class MxSmtpRelay(Relay):
                     merged[rcpt] = outcome.get(rcpt, _missing_result(rcpt))
                 else:
                     merged[rcpt] = outcome
-        # Compat: one entry per recipient, in the envelope's order (first position wins).
+        # As python-slimta does: one entry per recipient, in the envelope's order
+        # (a recipient listed twice keeps its first position).
         return {rcpt: merged[rcpt] for rcpt in envelope.recipients if rcpt in merged}
 
     @staticmethod
@@ -347,8 +352,7 @@ class MxSmtpRelay(Relay):
         exc = job.exception
         if isinstance(exc, RelayError):
             return exc
-        msg = f"Unhandled error: {exc}"
-        return TransientRelayError(msg, Reply("451", "4.3.0 " + msg))
+        return internal_failure(f"Unhandled error: {exc}")
 
     def _deliver_group(self, domain: str, envelope: Envelope, attempts: int) -> RelayResult:
         forced = self._force_mx.get(domain)
@@ -407,5 +411,4 @@ class MxSmtpRelay(Relay):
 
 
 def _missing_result(rcpt: str) -> TransientRelayError:
-    msg = "No result for recipient " + rcpt
-    return TransientRelayError(msg, Reply("451", "4.3.0 " + msg))
+    return internal_failure("No result for recipient " + rcpt)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import ssl
 from typing import Any
 
+from slimta.relay._timeouts import Timeouts
 from slimta.relay.pool import RelayPool
 from slimta.relay.smtp.client import SmtpRelayClient
 from slimta.relay.smtp.lmtpclient import LmtpRelayClient
@@ -52,6 +53,11 @@ class StaticSmtpRelay(RelayPool):
         self._client_class = client_class or self._default_class
         self._client_kwargs = dict(client_kwargs)
         self._client_kwargs["context"] = context or ssl.create_default_context()
+
+    @property
+    def timeouts(self) -> Timeouts:
+        """The timeouts given for the clients, as one value; the rest are the client's defaults."""
+        return Timeouts.from_keywords(self._client_kwargs)
 
     def add_client(self) -> SmtpRelayClient:
         """Create (but do not start) one connection to ``host:port``."""
