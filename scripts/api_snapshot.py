@@ -34,6 +34,9 @@ UPPER_MODULES = [
     "slimta.policy.headers", "slimta.policy.split", "slimta.policy.forward",
     "slimta.logging.log", "slimta.logging.socket", "slimta.logging.subprocess",
     "slimta.logging.http", "slimta.logging.queuestorage",
+    "slimta.edge.wsgi", "slimta.http.wsgi", "slimta.util.proxyproto", "slimta.util.system",
+    "slimta.util.ptrlookup", "slimta.util.bytesformat", "slimta.util.dnsbl",
+    "slimta.policy.spamassassin", "slimta.cloudstorage",
 ]
 
 

@@ -15,6 +15,8 @@ command -v maildrop >/dev/null 2>&1 || need_pkgs+=(maildrop)
 command -v openssl >/dev/null 2>&1 || need_pkgs+=(openssl)
 command -v redis-server >/dev/null 2>&1 || [ -x /usr/bin/redis-server ] || need_pkgs+=(redis-server)
 command -v swaks >/dev/null 2>&1 || need_pkgs+=(swaks)
+[ -x /usr/sbin/spamd ] || need_pkgs+=(spamd spamassassin)
+command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || need_pkgs+=(haproxy)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
     echo "== installing Debian packages: ${need_pkgs[*]}"
     SUDO=""

@@ -32,3 +32,27 @@ def test_drop_reset_build():
     assert ext.drop("pipelining") is False
     ext.reset()
     assert ext.extensions == {}
+
+
+class _Unrenderable:
+    """Like an AuthSession with no usable mechanism: str() raises ValueError."""
+
+    def __str__(self) -> str:
+        raise ValueError("No mechanisms available")
+
+
+class _Renderable:
+    def __str__(self) -> str:
+        return "PLAIN LOGIN"
+
+
+def test_build_string_skips_parameters_that_cannot_be_rendered() -> None:
+    ext = Extensions()
+    ext.add("8BITMIME")
+    ext.add("AUTH", _Unrenderable())  # type: ignore[arg-type]
+    ext.add("X-INJECT", "a\r\n250 FAKE")
+    ext.add("SIZE", "1000")
+    ext.add("EMPTY", "")
+    assert ext.build_string("mx.test") == "mx.test\r\n8BITMIME\r\nSIZE 1000\r\nEMPTY"
+    ext.add("AUTH", _Renderable())  # type: ignore[arg-type]
+    assert "AUTH PLAIN LOGIN" in ext.build_string("mx.test").split("\r\n")

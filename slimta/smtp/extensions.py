@@ -68,10 +68,25 @@ class Extensions:
         return lines[0]
 
     def build_string(self, header: str) -> str:
-        """Server side: ``header`` plus one line per extension, joined by CRLF."""
+        """Server side: ``header`` plus one line per extension, joined by CRLF.
+
+        A parameter is written as its ``str()``. An extension whose parameter
+        cannot be rendered is left out: its ``str()`` raises :class:`ValueError`
+        (as :class:`~slimta.smtp.auth.AuthSession` does when no mechanism is
+        usable, for example before TLS) or holds a line break.
+        """
         lines = [header]
         for name, param in self.extensions.items():
-            lines.append(name if param is None else f"{name} {param}")
+            if param is None or param == "":
+                lines.append(name)
+                continue
+            try:
+                text = str(param)
+            except ValueError:
+                continue
+            if "\r" in text or "\n" in text:
+                continue
+            lines.append(f"{name} {text}" if text else name)
         return "\r\n".join(lines)
 
 
