@@ -26,6 +26,9 @@ class Extensions:
         self.extensions.clear()
 
     def __contains__(self, ext: object) -> bool:
+        if type(ext) is str:
+            extensions = self.extensions
+            return ext in extensions or ext.upper() in extensions
         if isinstance(ext, bytes):
             ext = ext.decode("ascii", "replace")
         return isinstance(ext, str) and ext.upper() in self.extensions

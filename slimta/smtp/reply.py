@@ -25,6 +25,8 @@ __all__ = [
 _CODE_RE = re.compile(r"^[1-5][0-9][0-9]$")
 _ESC_RE = re.compile(r"^[245]\.[0-9]{1,3}\.[0-9]{1,3}$")
 _ESC_PREFIX_RE = re.compile(r"^([245]\.[0-9]{1,3}\.[0-9]{1,3})\s+")
+#: Every valid reply code, so that the common check is one set lookup.
+_CODES = frozenset(f"{a}{b}{c}" for a in "12345" for b in "0123456789" for c in "0123456789")
 
 
 class _ReplyIO(Protocol):  # what recv/send need from an IO object
@@ -84,7 +86,7 @@ class Reply:
         if not value:
             self._code = None
             return
-        if not isinstance(value, str) or not _CODE_RE.match(value):
+        if not isinstance(value, str) or (value not in _CODES and not _CODE_RE.match(value)):
             raise ValueError("Invalid SMTP reply code", value)
         self._code = value
 
@@ -131,7 +133,8 @@ class Reply:
             if self._esc is not False:
                 self._esc = None
             return
-        match = _ESC_PREFIX_RE.match(value)
+        # Only text starting "<2|4|5>." can carry an enhanced status code.
+        match = _ESC_PREFIX_RE.match(value) if value[1:2] == "." else None
         if match:
             self._esc = match.group(1)
             self._message = value[match.end() :]
