@@ -21,7 +21,7 @@ nitpicky = True
 # Names autodoc meets in signatures that no inventory here can resolve (no network
 # for intersphinx inventories): third-party and private types.
 nitpick_ignore_regex = [
-    (r"py:.*", r"(gevent|pycares|ssl|socket|email|collections|typing|_typeshed)\..*"),
+    (r"py:.*", r"(gevent|pycares|redis|ssl|socket|email|collections|typing|_typeshed)\..*"),
     (r"py:.*", r".*\._[A-Za-z].*"),
     (r"py:class", r"(Envelope|RelayPolicy|Reply|RelayError|AsyncResult|BlockingDeque|T|Any)"),
     (r"py:class", r"(Message|Callable|Iterable|Mapping|Sequence|Request|SSLContext)"),
