@@ -20,8 +20,12 @@ from slimta.relay import RelayError
 from slimta.smtp import ConnectionLost
 from slimta.smtp.reply import Reply
 from slimta.smtp.server import Server
+from slimta.util.ptrlookup import PtrLookup
 
 __all__ = ["SmtpEdge", "SmtpValidators", "SmtpSession"]
+
+#: How long after the banner the first message waits, at most, for the PTR answer.
+PTR_LOOKUP_RUNTIME_SECONDS = 0.5
 
 
 class SmtpValidators:
@@ -60,7 +64,16 @@ class SmtpSession:
     :param address: the client's address.
     :param validator_class: an :class:`SmtpValidators` subclass, or ``None``.
     :param handoff: called with each complete envelope, returns the queue results.
+
+    A reverse DNS lookup of the client's IP starts with the banner and runs beside
+    the session. The first message takes its answer as ``client['host']``
+    (:attr:`reverse_address`), waiting for it only until
+    :attr:`ptr_lookup_runtime` seconds have passed since the banner; a slower or
+    failed lookup leaves ``None``.
     """
+
+    #: Seconds after the banner until which the first message waits for the PTR answer.
+    ptr_lookup_runtime: float = PTR_LOOKUP_RUNTIME_SECONDS
 
     def __init__(self, address: Any, validator_class: Any, handoff: Any) -> None:
         self.extended_smtp = False
@@ -72,6 +85,7 @@ class SmtpSession:
         self.envelope: Envelope | None = None
         self.ehlo_as: str | None = None
         self.auth: tuple[str, str] | None = None
+        self._ptr_lookup: PtrLookup | None = None
 
     def _call_validator(self, command: str, *args: Any) -> None:
         method = getattr(self.validators, "handle_" + command, None)
@@ -88,7 +102,15 @@ class SmtpSession:
             proto += "A"
         return proto
 
+    def _finish_ptr_lookup(self) -> None:
+        lookup, self._ptr_lookup = self._ptr_lookup, None
+        if lookup is not None:
+            self.reverse_address = lookup.finish(runtime=self.ptr_lookup_runtime)
+
     def BANNER_(self, reply: Reply) -> None:  # noqa: N802
+        if isinstance(self.address, tuple) and self.address:
+            self._ptr_lookup = PtrLookup(self.address[0])
+            self._ptr_lookup.start()
         self._call_validator("banner", reply, self.address)
 
     def EHLO(self, reply: Reply, ehlo_as: str) -> None:  # noqa: N802
@@ -131,7 +153,13 @@ class SmtpSession:
         self._call_validator("quit", reply)
 
     def CLOSE(self) -> None:  # noqa: N802
+        self._stop_ptr_lookup()
         self._call_validator("close")
+
+    def _stop_ptr_lookup(self) -> None:
+        lookup, self._ptr_lookup = self._ptr_lookup, None
+        if lookup is not None:
+            lookup.kill(block=False)
 
     def MAIL(self, reply: Reply, address: str, params: dict[bytes, Any]) -> None:  # noqa: N802
         self._call_validator("mail", reply, address, params)
@@ -156,6 +184,7 @@ class SmtpSession:
             self.envelope = None
             return
         envelope, self.envelope = self.envelope, None
+        self._finish_ptr_lookup()
         envelope.client["ip"] = self.address[0] if self.address else None
         envelope.client["host"] = self.reverse_address
         envelope.client["name"] = self.ehlo_as
@@ -236,6 +265,7 @@ class SmtpEdge(EdgeServer):
     def handle(self, socket: Any, address: Any) -> None:
         """Serve one SMTP connection to its end."""
         smtp_server = None
+        handlers = None
         try:
             handlers = self.session_class(address, self.validator_class, self.handoff)
             smtp_server = Server(
@@ -260,6 +290,9 @@ class SmtpEdge(EdgeServer):
         except ConnectionLost:
             pass
         finally:
+            stop_ptr_lookup = getattr(handlers, "_stop_ptr_lookup", None)
+            if stop_ptr_lookup is not None:
+                stop_ptr_lookup()
             if smtp_server is not None:
                 try:
                     smtp_server.io.close()
