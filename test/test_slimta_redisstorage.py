@@ -122,3 +122,20 @@ def test_redis_io_is_cooperative(store):
     t.join(5)
     # Other greenlets ran while the writer waited on Redis.
     assert seen_by_writer[0] >= 20 and len(set(ids)) == 20
+
+
+def test_more_concurrent_writers_than_connections_wait_their_turn(redis_server, redis_prefix):
+    store = RedisStorage(
+        redis_server.host, redis_server.port, prefix=redis_prefix, max_connections=4
+    )
+    try:
+        jobs = [gevent.spawn(store.write, make_envelope(), float(i)) for i in range(200)]
+        gevent.joinall(jobs, timeout=30, raise_error=True)
+        ids = [job.value for job in jobs]
+        assert len(set(ids)) == 200 and store.get_info() == {"size": 200}
+        assert len(store.redis.connection_pool._available_connections) <= 4
+    finally:
+        keys = store.redis.keys(redis_prefix + "*")
+        if keys:
+            store.redis.delete(*keys)
+        store.redis.connection_pool.disconnect()

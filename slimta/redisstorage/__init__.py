@@ -28,6 +28,7 @@ from typing import Any, TypeVar
 
 import redis
 from gevent import socket as gsocket
+from gevent.lock import BoundedSemaphore
 
 from slimta.envelope import Envelope
 from slimta.logging import getQueueStorageLogger
@@ -106,6 +107,9 @@ class RedisStorage(QueueStorage):
     :param socket_timeout: seconds to wait for Redis before an operation fails
         (``None``: no limit).
     :param prefix: put in front of every key this store creates.
+    :param max_connections: at most this many operations talk to Redis at once,
+        each on its own connection; more wait their turn (cooperatively) instead
+        of failing. A new keyword.
     """
 
     def __init__(
@@ -116,9 +120,16 @@ class RedisStorage(QueueStorage):
         password: str | None = None,
         socket_timeout: float | None = None,
         prefix: str = "slimta:",
+        *,
+        max_connections: int = 64,
     ) -> None:
         super().__init__()
+        # redis-py's pool raises once its limit is reached, and its blocking
+        # variant waits on a thread lock, which would stop the gevent hub; a
+        # gevent semaphore in front keeps the pool within its limit instead.
+        self._slots = BoundedSemaphore(max_connections)
         pool = redis.ConnectionPool(
+            max_connections=max_connections,
             connection_class=GeventConnection,
             host=host,
             port=port,
@@ -146,7 +157,8 @@ class RedisStorage(QueueStorage):
 
     def _call(self, id: str | None, func: Callable[[], _T]) -> _T:
         try:
-            return func()
+            with self._slots:
+                return func()
         except redis.ResponseError as exc:
             if id is not None and "NOKEY" in str(exc):
                 raise KeyError(id) from None
