@@ -3,7 +3,8 @@
     python bench/dns_server.py PORT [--distinct-hosts]
 
 Every name under ``.bench`` has ``MX 10 mx.bench`` (or, with ``--distinct-hosts``,
-``MX 10 mx.<name>``) and every ``mx.*`` name has ``A 127.0.0.1``; TTL 3600.
+``MX 10 mx.<name>``) and every ``mx.*`` name has ``A 127.0.0.1``; TTL 3600. Every
+``in-addr.arpa`` name has ``PTR localhost`` (the edge scenarios' reverse lookups).
 UDP only, one thread: dnslib builds the packets.
 """
 
@@ -12,7 +13,7 @@ from __future__ import annotations
 import socket
 import sys
 
-from dnslib import MX, QTYPE, RCODE, RR, A, DNSRecord
+from dnslib import MX, PTR, QTYPE, RCODE, RR, A, DNSRecord
 
 
 def main() -> None:
@@ -30,7 +31,10 @@ def main() -> None:
         reply = query.reply()
         qname = str(query.q.qname).rstrip(".").lower()
         qtype = QTYPE[query.q.qtype]
-        if not qname.endswith(".bench"):
+        if qname.endswith(".in-addr.arpa"):
+            if qtype == "PTR":
+                reply.add_answer(RR(query.q.qname, QTYPE.PTR, rdata=PTR("localhost"), ttl=3600))
+        elif not qname.endswith(".bench"):
             reply.header.rcode = RCODE.NXDOMAIN
         elif qname.startswith("mx."):
             if qtype == "A":

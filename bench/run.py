@@ -2,8 +2,9 @@
 
     python bench/run.py [SCENARIO ...] [--rounds 3] [--count 5000] [--profile 2k]
 
-Scenarios: reuse1, reuse20, noreuse20, big, mx_cached, mx_uncached, mx_memory
-(default: all). Profiles (bench/messages.py): 2k (default), bulk, multipart, tidy.
+Scenarios: reuse1, reuse20, noreuse20, big, mx_cached, mx_uncached, mx_memory,
+queue_dict, queue_disk, queue_redis, edge1, edge20 (default: all). Profiles
+(bench/messages.py): 2k (default), bulk, multipart, tidy.
 Every round runs each implementation once, in turn, against the same postfix
 smtp-sink; the table gives medians over the rounds and slimta-relay's ratio to each
 peer. Run ``bench/setup_peers.sh`` once first. See bench/README.md.
@@ -43,8 +44,23 @@ SCENARIOS = {
     "mx_cached": "MxSmtpRelay, 100 domains already cached (vs static reuse20)",
     "mx_uncached": "MxSmtpRelay, a new domain per message, local DNS (vs static reuse20)",
     "mx_memory": "MxSmtpRelay, a new domain and MX host per message: RSS growth",
+    "queue_dict": "Queue(DictStorage, StaticSmtpRelay pool_size=20), 100 enqueuers, until delivered"
+    " (vs the bare relay reuse20)",
+    "queue_disk": "Queue(DiskStorage in a temp dir, StaticSmtpRelay pool_size=20), 100 enqueuers",
+    "queue_redis": "Queue(RedisStorage on a private redis-server, StaticSmtpRelay pool_size=20),"
+    " 100 enqueuers",
+    "edge1": "smtp-source -s 1 into SmtpEdge -> Queue(DictStorage) -> BlackholeRelay"
+    " (CPU: the server's)",
+    "edge20": "smtp-source -s 20 into SmtpEdge -> Queue(DictStorage) -> BlackholeRelay"
+    " (CPU: the server's)",
 }
 MX_SCENARIOS = ("mx_cached", "mx_uncached", "mx_memory")
+QUEUE_SCENARIOS = ("queue_dict", "queue_disk", "queue_redis")
+EDGE_SCENARIOS = {"edge1": 1, "edge20": 20}  # smtp-source -s
+REDIS = shutil.which("redis-server") or "/usr/bin/redis-server"
+#: Per-message figures a worker may report, shown next to the rate.
+EXTRA_KEYS = {"fsyncs_per_msg": "fsyncs/msg", "redis_cmds_per_msg": "Redis commands/msg",
+              "redis_requests_per_msg": "Redis requests (round trips)/msg"}
 BIG_SIZE = 20 * 2**20  # body bytes, as smtp-source -l counts them
 #: python-slimta waits ~10 ms per reused message: fewer messages keep its rounds short.
 ORIG_SHARE = {"reuse1": 10}
@@ -95,6 +111,106 @@ def run_source(args: list[str], messages: int) -> dict:
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     return {"messages": messages, "elapsed": elapsed, "cpu": cpu, "failures": 0}
+
+
+def start_redis() -> tuple[subprocess.Popen, int]:
+    """A private redis-server on loopback, without persistence (no RDB, no AOF)."""
+    port = free_port()
+    proc = subprocess.Popen([REDIS, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                             "--appendonly", "no", "--dir", tempfile.gettempdir()],
+                            stdout=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
+                sock.sendall(b"PING\r\n")
+                if sock.recv(64).startswith(b"+PONG"):
+                    return proc, port
+        except OSError:
+            pass
+        time.sleep(0.05)
+    proc.kill()
+    raise SystemExit("redis-server did not start")
+
+
+def proc_cpu(pid: int) -> float:
+    """user + sys seconds of a running process, from /proc/PID/stat."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run_edge(cmd: list[str], env: dict | None, source_args: list[str], messages: int) -> dict:
+    """Start the server ``cmd``, time smtp-source against it, read the server's CPU."""
+    if env is None and cmd[0] == OURS_PY:
+        env = OURS_ENV
+    server = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env=env, cwd=HERE)
+    assert server.stdout is not None
+    try:
+        line = server.stdout.readline()
+        if line.strip() != "READY":
+            raise RuntimeError(f"{cmd[0:3]} did not start: {line}{server.stderr.read()[-3000:]}")
+        cpu0 = proc_cpu(server.pid)
+        t0 = time.perf_counter()
+        subprocess.run([SOURCE, *source_args], check=True, capture_output=True, timeout=900)
+        elapsed = time.perf_counter() - t0
+        cpu = proc_cpu(server.pid) - cpu0
+        server.terminate()
+        out, err = server.communicate(timeout=60)
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+    for line in out.splitlines():
+        if line.startswith("RESULT "):
+            got = json.loads(line[7:])
+            break
+    else:
+        raise RuntimeError(f"{cmd[0:3]} gave no result:\n{out[-2000:]}\n{err[-3000:]}")
+    lost = messages - min(got["received"], got["delivered"])
+    return {"messages": messages, "elapsed": elapsed, "cpu": cpu, "failures": lost}
+
+
+def edge_implementations(scenario: str, count: int, dns_port: int, source_file: str) -> dict:
+    sessions = EDGE_SCENARIOS[scenario]
+    orig_env = dict(os.environ, PYTHONPATH=os.path.join(HERE, "shim"))
+
+    def edge(python: str, server: str, env: dict | None = None) -> dict:
+        port = free_port()
+        cmd = [python, "worker_edge.py", server, "--port", str(port)]
+        if server == "slimta":
+            cmd += ["--dns-port", str(dns_port)]
+        source = ["-s", str(sessions), "-m", str(count), "-F", source_file,
+                  "-M", "bench.example.com", "-f", "sender@example.com",
+                  "-t", "rcpt0@example.com", f"127.0.0.1:{port}"]
+        return run_edge(cmd, env, source, count)
+
+    impls = {
+        "slimta-relay": lambda: edge(OURS_PY, "slimta"),
+        "aiosmtpd": lambda: edge(OURS_PY, "aiosmtpd"),
+    }
+    if os.path.exists(ORIG_PY):
+        impls["python-slimta"] = lambda: edge(ORIG_PY, "slimta", orig_env)
+    return impls
+
+
+def queue_implementations(scenario: str, port: int, count: int, profile: str,
+                          redis_port: int | None) -> dict:
+    store = scenario.split("_", 1)[1]
+    args = [store, "--port", str(port), "--count", str(count), "--profile", profile]
+    if redis_port is not None:
+        args += ["--redis-port", str(redis_port)]
+    impls = {"slimta-relay": lambda: run_worker([OURS_PY, "worker_queue.py", *args])}
+    if store == "dict":
+        impls["bare relay reuse20"] = lambda: run_worker(
+            [OURS_PY, "worker_slimta.py", "reuse20", "--port", str(port), "--count", str(count),
+             "--profile", profile])
+        if os.path.exists(ORIG_PY):
+            orig_env = dict(os.environ, PYTHONPATH=os.path.join(HERE, "shim"))
+            impls["python-slimta"] = lambda: run_worker(
+                [ORIG_PY, "worker_queue.py", *args], env=orig_env)
+    return impls
 
 
 def start_dns(distinct: bool) -> tuple[subprocess.Popen, int]:
@@ -175,8 +291,9 @@ def to_sample(scenario: str, result: dict) -> Sample:
         if "peak_growth" in result:  # smtp-source's is not measured
             extra["peak_growth_mb"] = result["peak_growth"] / 1e6
         return Sample(rate, result["cpu"] * 1e6, extra)
+    extra = {key: result[key] for key in EXTRA_KEYS if key in result}
     return Sample(result["messages"] / result["elapsed"],
-                  result["cpu"] * 1e6 / result["messages"])
+                  result["cpu"] * 1e6 / result["messages"], extra)
 
 
 def main() -> None:
@@ -214,10 +331,20 @@ def main() -> None:
     try:
         for scenario in args.scenarios:
             dns = None
+            redis = None
             if scenario in MX_SCENARIOS:
                 dns, dns_port = start_dns(distinct=scenario == "mx_memory")
                 count = args.mx_memory_count if scenario == "mx_memory" else args.count
                 impls = mx_implementations(scenario, port, dns_port, count, args.profile)
+            elif scenario in EDGE_SCENARIOS:
+                dns, dns_port = start_dns(distinct=False)
+                impls = edge_implementations(scenario, args.count, dns_port, source_file)
+            elif scenario in QUEUE_SCENARIOS:
+                redis_port = None
+                if scenario == "queue_redis":
+                    redis, redis_port = start_redis()
+                impls = queue_implementations(scenario, port, args.count, args.profile,
+                                              redis_port)
             else:
                 impls = implementations(scenario, port, args.count, args.profile, source_file)
             if args.only:
@@ -229,9 +356,10 @@ def main() -> None:
                         samples[name].append(to_sample(scenario, run()))
                     print(f"[{scenario}] round {rnd + 1}/{args.rounds} done", file=sys.stderr)
             finally:
-                if dns is not None:
-                    dns.kill()
-                    dns.wait()
+                for helper in (dns, redis):
+                    if helper is not None:
+                        helper.kill()
+                        helper.wait()
             results[scenario] = report(scenario, samples)
     finally:
         sink.kill()
@@ -266,13 +394,17 @@ def report(scenario: str, samples: dict[str, list[Sample]]) -> dict[str, Sample]
                 extra = f" (peak RSS growth {growth:.1f} MB = {growth / size:.2f}x the message)"
         if "rss_mb" in med.extra:
             extra = f" (RSS growth {med.extra['rss_mb']:.1f} MiB)"
+        shown = [f"{med.extra[key]:.2f} {label}" for key, label in EXTRA_KEYS.items()
+                 if key in med.extra]
+        if shown:
+            extra = f" ({', '.join(shown)})"
         print(f"| {name} | {med.rate:.1f}{extra} | {each} | {med.cpu_us:.0f} | {ratio} |")
     sys.stdout.flush()
     return medians
 
 
 def targets(results: dict[str, dict[str, Sample]]) -> None:
-    """Issue 12's targets, checked against this run's medians (for the measured scenarios)."""
+    """Issues 12-14's targets, checked against this run's medians (for the measured scenarios)."""
     lines = []
 
     def check(label: str, value: float, goal: float, at_most: bool = False, fmt: str = ".2f"
@@ -304,8 +436,16 @@ def targets(results: dict[str, dict[str, Sample]]) -> None:
         ours = results["big"]["slimta-relay"].extra
         check("big peak RSS growth / message size",
               ours["peak_growth_mb"] / ours["size_mb"], 1.5, at_most=True)
+    value = ratio("queue_dict", "bare relay reuse20")
+    if value is not None:
+        check("queue_dict Queue(DictStorage) / bare relay reuse20 (issue 13)", value, 0.8)
+    for scenario in EDGE_SCENARIOS:
+        for peer, goal in (("aiosmtpd", 2.0), ("python-slimta", 1.5)):
+            value = ratio(scenario, peer)
+            if value is not None:
+                check(f"{scenario} vs {peer} (issue 14)", value, goal)
     if lines:
-        print("\n## targets (issue 12)\n" + "\n".join(lines))
+        print("\n## targets (issues 12-14)\n" + "\n".join(lines))
 
 
 if __name__ == "__main__":
