@@ -183,3 +183,48 @@ def test_codec_edge_envelopes():
     odd = make_envelope()
     odd.client = {"ip": ("192.0.2.1", 25)}  # not JSON: pickled instead
     assert codec.loads(codec.dumps(odd)).client == {"ip": ("192.0.2.1", 25)}
+
+
+def test_concurrent_writers_share_directory_flushes(monkeypatch, tmp_path):
+    from slimta.diskstorage import _fsync
+
+    first_started = threading.Event()
+    others_waiting = threading.Event()
+    calls = []
+    real = _fsync.fsync_dir
+
+    def fsync_dir(path):
+        calls.append(path)
+        if len(calls) == 1:
+            first_started.set()
+            assert others_waiting.wait(10)
+        real(path)
+
+    monkeypatch.setattr(_fsync, "fsync_dir", fsync_dir)
+    syncer = _fsync.DirectorySync(str(tmp_path))
+    threads = [threading.Thread(target=syncer.sync)]
+    threads[0].start()
+    assert first_started.wait(10)
+    # Five more writers arrive while the first flush runs: they must wait for
+    # a flush that starts after their call, and share it.
+    for _ in range(5):
+        thread = threading.Thread(target=syncer.sync)
+        threads.append(thread)
+        thread.start()
+    deadline = time.monotonic() + 10
+    while syncer._requested < 6 and time.monotonic() < deadline:
+        time.sleep(0.001)
+    others_waiting.set()
+    for thread in threads:
+        thread.join(10)
+    assert syncer.flushes == 2 and len(calls) == 2
+
+
+def test_remove_flushes_only_the_metadata_directory(store, monkeypatch, tmp_path):
+    id = store.write(make_envelope(), 0.0)
+    synced = []
+    for path, syncer in store._dir_syncs.items():
+        monkeypatch.setattr(syncer, "sync", lambda path=path: synced.append(path))
+    store.remove(id)
+    assert synced == [os.path.normpath(str(tmp_path / "meta"))]
+    assert os.listdir(tmp_path / "env") == [] and os.listdir(tmp_path / "meta") == []

@@ -34,6 +34,8 @@ from slimta.logging import getQueueStorageLogger
 from slimta.queue import QueueError, QueueStorage
 from slimta.queue.codec import CodecError, dump_parts, loads
 
+from ._fsync import DirectorySync, fsync_dir
+
 __all__ = ["DiskStorage"]
 
 _log = logging.getLogger(__name__)
@@ -48,14 +50,6 @@ META_VERSION = 1
 #: never written or already removed) are deleted by :meth:`DiskStorage.load`
 #: once they are this old; no write or removal takes that long.
 ORPHAN_AGE_SECONDS = 3600.0
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -82,6 +76,11 @@ class DiskStorage(QueueStorage):
         self.tmp_dir = tmp_dir if tmp_dir is not None else env_dir
         for path in {env_dir, meta_dir, self.tmp_dir}:
             os.makedirs(path, exist_ok=True)
+        # One group-commit flusher per directory: concurrent writers share
+        # the directory fsync that follows their renames.
+        self._dir_syncs = {
+            os.path.normpath(path): DirectorySync(path) for path in {env_dir, meta_dir}
+        }
 
     # --- plumbing -------------------------------------------------------
 
@@ -114,7 +113,14 @@ class DiskStorage(QueueStorage):
             os.unlink(tmp)
             raise FileExistsError(path)
         os.replace(tmp, path)
-        _fsync_dir(os.path.dirname(path) or ".")
+        self._sync_dir(os.path.dirname(path))
+
+    def _sync_dir(self, path: str) -> None:
+        syncer = self._dir_syncs.get(os.path.normpath(path or "."))
+        if syncer is None:
+            fsync_dir(path or ".")
+        else:
+            syncer.sync()
 
     def _read_meta(self, id: str) -> dict[str, Any]:
         with open(self._meta_path(id), "rb") as f:
@@ -299,14 +305,24 @@ class DiskStorage(QueueStorage):
             raise
 
     def remove(self, id: str) -> None:
-        """Delete the metadata, then the envelope, flushing each directory."""
+        """Delete the metadata (durably: the message is then gone), then the envelope.
+
+        The envelope's removal needs no flush of its own: an envelope file
+        without metadata is never delivered, and :meth:`load` clears such
+        leftovers.
+        """
+
         def work() -> None:
-            for path in (self._meta_path(id), self._env_path(id)):
-                try:
-                    os.unlink(path)
-                except FileNotFoundError:
-                    continue
-                _fsync_dir(os.path.dirname(path) or ".")
+            try:
+                os.unlink(self._meta_path(id))
+            except FileNotFoundError:
+                pass
+            else:
+                self._sync_dir(self.meta_dir)
+            try:
+                os.unlink(self._env_path(id))
+            except FileNotFoundError:
+                pass
 
         self._in_thread(work)
         log.remove(id)
