@@ -25,7 +25,7 @@ setup(
         "redis": ["redis>=4.5"],
         "dev": ["ruff", "mypy", "sphinx"],
     },
-    entry_points={"console_scripts": ["slimta-relay = slimta.relay.__main__:main"]},
+    entry_points={"console_scripts": ["slimta-relay = slimta.cli.relay:main"]},
     classifiers=[
         "License :: OSI Approved :: MIT License",
         "Programming Language :: Python :: 3",

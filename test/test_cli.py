@@ -1,6 +1,6 @@
 """``slimta-relay`` end to end: real servers, exit statuses, transcripts, load runs.
 
-Most tests call :func:`slimta.relay.__main__.main` in this process with captured
+Most tests call :func:`slimta.cli.relay.main` in this process with captured
 streams; the relay then runs in the test's hub, which also serves the in-process
 WSGI server. A few run the command as a child process, to check what only a real
 process shows (``python -m``, no controlling terminal).
@@ -26,9 +26,9 @@ from support.tls import TlsCert
 from support.util import require_program
 from support.wsgi_server import WsgiServerFactory
 
-from slimta.relay.__main__ import PASSWORD_ENV, main
-from slimta.relay._cli_load import percentile
-from slimta.relay._cli_transcript import mask_secret
+from slimta.cli._load import percentile
+from slimta.cli._transcript import mask_secret
+from slimta.cli.relay import PASSWORD_ENV, main
 
 EX_OK, EX_USAGE, EX_UNAVAILABLE, EX_TEMPFAIL = 0, 64, 69, 75
 

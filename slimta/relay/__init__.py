@@ -109,5 +109,17 @@ class Relay:
         """
         raise NotImplementedError()
 
+    def close(self, timeout: float | None = None) -> None:
+        """Stop accepting work, let attempts in flight finish, then release everything.
+
+        The base class has nothing in flight of its own and calls :meth:`kill`;
+        :class:`~slimta.relay.pool.RelayPool` and
+        :class:`~slimta.relay.smtp.mx.MxSmtpRelay` wait for their deliveries.
+
+        :param timeout: the most seconds to wait before killing what is left;
+            ``None`` waits for as long as the deliveries take.
+        """
+        self.kill()
+
     def kill(self) -> None:
         """Release greenlets and connections held by the relay."""

@@ -12,6 +12,7 @@ import io
 import select
 import socket
 import ssl
+from collections.abc import Callable
 from http import client as _client
 from typing import Any
 
@@ -30,6 +31,7 @@ __all__ = [
     "failure_error",
     "is_disconnect",
     "is_stale",
+    "TracedSocket",
 ]
 
 
@@ -134,6 +136,8 @@ def is_stale(sock: Any) -> bool:
     """
     if sock is None:
         return True
+    if isinstance(sock, TracedSocket):
+        sock = sock.wrapped
     if isinstance(sock, gevent.ssl.SSLSocket) and sock.pending():
         return True
     try:
@@ -141,3 +145,45 @@ def is_stale(sock: Any) -> bool:
     except (OSError, ValueError):
         return True
     return bool(readable)
+
+
+class TracedSocket:
+    """A connected socket whose reads and writes are told to a wire trace.
+
+    It reports ``'send'``, ``'recv'`` and ``'close'`` events, as
+    :data:`slimta.smtp.client.WireTrace` describes; anything else is the
+    wrapped socket's.
+    """
+
+    def __init__(self, sock: Any, trace: Callable[[str, bytes], None]) -> None:
+        #: The socket underneath.
+        self.wrapped = sock
+        self._trace = trace
+
+    def sendall(self, data: Any, *args: Any) -> None:
+        self._trace("send", bytes(data))
+        self.wrapped.sendall(data, *args)
+
+    def send(self, data: Any, *args: Any) -> int:
+        sent: int = self.wrapped.send(data, *args)
+        self._trace("send", bytes(data[:sent]))
+        return sent
+
+    def recv_into(self, buffer: Any, *args: Any) -> int:
+        count: int = self.wrapped.recv_into(buffer, *args)
+        self._trace("recv" if count else "lost", bytes(memoryview(buffer)[:count]))
+        return count
+
+    def recv(self, size: int, *args: Any) -> bytes:
+        data: bytes = self.wrapped.recv(size, *args)
+        self._trace("recv" if data else "lost", data)
+        return data
+
+    def close(self) -> None:
+        try:
+            self.wrapped.close()
+        finally:
+            self._trace("close", b"")
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.wrapped, name)

@@ -13,7 +13,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import gevent
@@ -139,12 +139,15 @@ def run_process(
     message: tuple[bytes, bytes],
     timeout: float | None,
     popen_kwargs: Mapping[str, Any],
+    *,
+    started: Callable[[int], None] | None = None,
 ) -> tuple[int, bytes, bytes]:
     """Run ``argv`` with ``message`` on its standard input, within ``timeout`` seconds.
 
     The child runs in a new session unless ``popen_kwargs`` says otherwise, so
     that a timeout can kill its whole process group.
 
+    :param started: called with the child's pid once it runs (a wire trace).
     :returns: ``(exit status, captured stdout, captured stderr)``.
     :raises TransientRelayError: the program could not be started, or timed out.
     """
@@ -162,6 +165,8 @@ def run_process(
     out, err = bytearray(), bytearray()
     try:
         timer.start()
+        if started is not None:
+            started(proc.pid)
         workers = [
             gevent.spawn(_feed, proc.stdin, message),
             gevent.spawn(_collect, proc.stdout, out),

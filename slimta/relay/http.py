@@ -45,6 +45,7 @@ from slimta.logging import getHttpLogger
 from slimta.relay import PermanentRelayError, RelayError, TransientRelayError
 from slimta.relay._http_client import (
     Answer,
+    TracedSocket,
     TrackedResponse,
     Tracker,
     config_error,
@@ -57,6 +58,7 @@ from slimta.relay._timeouts import Timeouts
 from slimta.relay.pool import RelayPool, RelayPoolClient
 from slimta.relay.smtp import SmtpRelayError
 from slimta.relay.smtp._connect import local_fqdn
+from slimta.smtp.client import WireTrace
 from slimta.smtp.reply import Reply, timed_out
 
 if TYPE_CHECKING:
@@ -98,6 +100,11 @@ class HttpRelay(RelayPool):
         reading the response, all together; ``None`` waits forever.
     :param idle_timeout: seconds a client keeps an idle connection open waiting
         for the next message; ``None`` closes the connection after each request.
+    :param trace: called once per new connection, it returns a
+        :data:`~slimta.smtp.client.WireTrace` that sees the connection's bytes
+        (``'connect'`` with ``b'host:port'``, then ``'send'``, ``'recv'``,
+        ``'close'``); with TLS, the bytes are those inside it. ``None``, the
+        default, costs nothing.
 
     Both are kept in :attr:`timeouts` (one HTTP exchange counts as one
     ``command``); the ``timeout`` and ``idle_timeout`` attributes read and
@@ -121,9 +128,13 @@ class HttpRelay(RelayPool):
         ehlo_as: EhloAs = None,
         timeout: float | None = None,
         idle_timeout: float | None = None,
+        *,
+        trace: Callable[[], WireTrace] | None = None,
     ) -> None:
         super().__init__(pool_size)
         self.url = urlsplit(url, "http")
+        #: Called per new connection for its wire trace, or ``None``.
+        self.trace = trace
         self.context = context
         # The resolved default is stored, as python-slimta does.
         self.ehlo_as: str | Callable[[], str] = ehlo_as or local_fqdn()
@@ -286,6 +297,11 @@ class HttpRelayClient(RelayPoolClient):
         self.conn = conn
         self._served = 0
         conn.connect()
+        trace = self.relay.trace
+        if trace is not None and conn.sock is not None:
+            callback = trace()
+            callback("connect", f"{conn.host}:{conn.port}".encode("utf-8", "replace"))
+            conn.sock = TracedSocket(conn.sock, callback)
         return False
 
     def _request_target(self) -> str:

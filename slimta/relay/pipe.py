@@ -29,8 +29,9 @@ from __future__ import annotations
 
 import logging
 import re
+import shlex
 import string
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from slimta.relay import Relay, RelayError, RelayResult
@@ -58,7 +59,7 @@ from slimta.smtp.reply import Reply
 if TYPE_CHECKING:
     from slimta.envelope import Envelope
 
-__all__ = ["PipeRelay", "MaildropRelay", "DovecotLdaRelay"]
+__all__ = ["PipeRelay", "MaildropRelay", "DovecotLdaRelay", "ProcessTrace"]
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +86,14 @@ MACRO_NAMES = (
 )
 
 
+#: A delivery-program trace, ``trace(pid, event, data)``: ``'run'`` with the
+#: command line (shell-quoted), then, once the program exited, ``'stdout'`` and
+#: ``'stderr'`` with what it wrote (only when it wrote something) and ``'exit'``
+#: with its exit status (``b'0'``). A program that timed out or was killed has
+#: only its ``'run'`` event.
+ProcessTrace = Callable[[int, str, bytes], None]
+
+
 class PipeRelay(Relay):
     """Deliver by running ``args`` with the message on standard input.
 
@@ -100,6 +109,8 @@ class PipeRelay(Relay):
         and ``shell=True`` is refused. By default the child runs in a new session
         (``start_new_session=True``) so that a timeout can kill everything it
         started.
+    :param trace: a :data:`ProcessTrace` told about every program run;
+        ``None``, the default, costs nothing.
     :raises ValueError: for ``shell=True`` or a standard stream in ``popen_kwargs``.
     """
 
@@ -110,8 +121,17 @@ class PipeRelay(Relay):
     #: when it starts with ``-``; a macro there may start with ``-``.
     value_options: frozenset[str] = frozenset()
 
-    def __init__(self, args: Sequence[str], timeout: float | None = None, **popen_kwargs: Any):
+    def __init__(
+        self,
+        args: Sequence[str],
+        timeout: float | None = None,
+        *,
+        trace: ProcessTrace | None = None,
+        **popen_kwargs: Any,
+    ):
         super().__init__()
+        #: The :data:`ProcessTrace`, or ``None``.
+        self.trace = trace
         if popen_kwargs.get("shell"):
             raise ValueError("PipeRelay never runs a shell")
         reserved = _RESERVED_POPEN_KWARGS.intersection(popen_kwargs)
@@ -246,7 +266,24 @@ class PipeRelay(Relay):
     def _run_process(
         self, argv: list[str], message: tuple[bytes, bytes], timeout: float | None
     ) -> tuple[int, bytes, bytes]:
-        return run_process(argv, message, timeout, self.popen_kwargs)
+        trace = self.trace
+        if trace is None:
+            return run_process(argv, message, timeout, self.popen_kwargs)
+        pids: list[int] = []
+
+        def started(pid: int) -> None:
+            pids.append(pid)
+            trace(pid, "run", shlex.join(argv).encode("utf-8", "surrogateescape"))
+
+        status, stdout, stderr = run_process(
+            argv, message, timeout, self.popen_kwargs, started=started
+        )
+        pid = pids[0] if pids else 0
+        for event, data in (("stdout", stdout), ("stderr", stderr)):
+            if data:
+                trace(pid, event, data)
+        trace(pid, "exit", str(status).encode("ascii"))
+        return status, stdout, stderr
 
     # -- failure ------------------------------------------------------------------------
     def raise_error(self, status: int, stdout: str | bytes, stderr: str | bytes) -> NoReturn:
@@ -294,6 +331,7 @@ class MaildropRelay(PipeRelay):
     :param path: the maildrop executable (default: ``maildrop`` on ``PATH``).
     :param timeout: seconds allowed for the delivery.
     :param extra_args: more arguments, appended after ``-f {sender}``.
+    :param trace: as for :class:`PipeRelay`.
     """
 
     per_recipient = False
@@ -306,10 +344,12 @@ class MaildropRelay(PipeRelay):
         path: str | None = None,
         timeout: float | None = None,
         extra_args: Sequence[str] | None = None,
+        *,
+        trace: ProcessTrace | None = None,
     ) -> None:
         args = [path or "maildrop", "-f", "{sender}"]
         args.extend(extra_args or [])
-        super().__init__(args, timeout)
+        super().__init__(args, timeout, trace=trace)
 
     def raise_error(self, status: int, stdout: str | bytes, stderr: str | bytes) -> NoReturn:
         """Raise the error for a failed maildrop run.
@@ -340,6 +380,7 @@ class DovecotLdaRelay(PipeRelay):
     :param path: the dovecot-lda executable (Debian: ``/usr/lib/dovecot/dovecot-lda``).
     :param timeout: seconds allowed for the whole attempt.
     :param extra_args: more arguments, appended at the end.
+    :param trace: as for :class:`PipeRelay`.
     """
 
     value_options = frozenset(("-f", "-d"))
@@ -351,10 +392,12 @@ class DovecotLdaRelay(PipeRelay):
         path: str | None = None,
         timeout: float | None = None,
         extra_args: Sequence[str] | None = None,
+        *,
+        trace: ProcessTrace | None = None,
     ) -> None:
         args = [path or "dovecot-lda", "-f", "{sender}", "-d", "{recipient}"]
         args.extend(extra_args or [])
-        super().__init__(args, timeout)
+        super().__init__(args, timeout, trace=trace)
 
     def raise_error(self, status: int, stdout: str | bytes, stderr: str | bytes) -> NoReturn:
         """Raise the error for a failed dovecot-lda run.

@@ -28,9 +28,19 @@ Request = tuple[AsyncResult, "Envelope"]
 # A client forgets the requests it resolved once it has taken this many.
 _PRUNE_AT = 4
 
+# Queued by RelayPool.close(), behind the requests: the client that takes it
+# ends as after an idle timeout (QUIT, close), so close() needs no kill.
+# (Built at run time: a literal ``(None, None)`` may be a shared constant.)
+_WAKE: Any = tuple([None, None])
+
 
 def _shutdown_error() -> TransientRelayError:
     return internal_failure("Relay shut down")
+
+
+def closing_error() -> TransientRelayError:
+    """``451 4.3.0 Relay is closing``: what an attempt gets once ``close()`` was called."""
+    return internal_failure("Relay is closing")
 
 
 def _client_lost_error() -> TransientRelayError:
@@ -48,6 +58,8 @@ class RelayPool(Relay):
         self.pool: set[RelayPoolClient] = set()
         self.pool_size = pool_size
         self.queue: BlockingDeque = BlockingDeque()
+        #: True once :meth:`close` was called: new attempts fail at once.
+        self.closing = False
 
     def add_client(self) -> RelayPoolClient:
         """Return a new, unstarted client. Subclasses must override this."""
@@ -74,7 +86,10 @@ class RelayPool(Relay):
         if self.pool_size is not None and len(self.pool) >= self.pool_size:
             return
         idle = sum(1 for client in self.pool if client.idle)
-        if len(self.queue) > idle:
+        waiting = len(self.queue)
+        if self.closing:  # wake-ups queued by close() are not work
+            waiting = sum(1 for item in self.queue if item is not _WAKE)
+        if waiting > idle:
             self._start_client()
 
     def attempt(self, envelope: Envelope, attempts: int) -> RelayResult:
@@ -82,11 +97,40 @@ class RelayPool(Relay):
 
         A client is started when queued requests outnumber idle clients and the
         pool is below :attr:`pool_size`; otherwise the request waits its turn.
+
+        :raises TransientRelayError: ``451 4.3.0`` once :meth:`close` was called.
         """
+        if self.closing:
+            raise closing_error()
         result: AsyncResult = AsyncResult()
         self.queue.append((result, envelope))
         self._check_idle()
         return result.get()
+
+    def close(self, timeout: float | None = None) -> None:
+        """Stop accepting work, let what is in flight finish, then stop.
+
+        From now on :meth:`attempt` fails at once with ``451 4.3.0``. Requests
+        already queued or being delivered go on; each client then ends the way
+        it would after an idle timeout (an SMTP client sends ``QUIT``). What is
+        still running after ``timeout`` seconds is killed as by :meth:`kill`,
+        and its requests fail with ``451 4.3.0``.
+
+        :param timeout: the most seconds to wait; ``None`` waits for as long as
+            the deliveries take (each is bounded by its own timeouts).
+        """
+        self.closing = True
+        with gevent.Timeout(timeout, False):
+            while self.pool:
+                clients = [client for client in self.pool if not client.dead]
+                if not clients:
+                    gevent.sleep(0)  # let exit callbacks run; one may start a client
+                    continue
+                wakes = sum(1 for item in self.queue if item is _WAKE)
+                # One wake-up per client, behind the requests already queued.
+                self.queue.extend([_WAKE] * (len(clients) - wakes))
+                gevent.wait(clients, count=1)
+        self.kill()
 
     def kill(self) -> None:
         """Stop every client. Requests still queued fail with ``451 4.3.0``."""
@@ -99,7 +143,7 @@ class RelayPool(Relay):
             client._fail_pending(_shutdown_error)
         while self.queue:
             result, _ = self.queue.popleft()
-            if not result.ready():
+            if result is not None and not result.ready():
                 result.set_exception(_shutdown_error())
 
 
@@ -149,6 +193,9 @@ class RelayPoolClient(gevent.Greenlet):
             return None, None
         item = self.queue.popleft_nowait()
         if item is None:
+            return None, None
+        if item is _WAKE:  # for poll(): the pool is closing
+            self.queue.appendleft(item)
             return None, None
         self._track(item)
         return item

@@ -18,10 +18,12 @@ addresses) before any byte is queued.
 
 from __future__ import annotations
 
+import re
 import ssl
+from collections.abc import Callable
 from typing import Any
 
-from slimta.smtp import BadReply
+from slimta.smtp import BadReply, ConnectionLost
 from slimta.smtp._wire import AddressEncodingError as AddressEncodingError
 from slimta.smtp._wire import AddressError as AddressError
 from slimta.smtp._wire import (
@@ -36,7 +38,7 @@ from slimta.smtp.extensions import Extensions
 from slimta.smtp.io import IO
 from slimta.smtp.reply import Reply
 
-__all__ = ["Client", "LmtpClient"]
+__all__ = ["Client", "LmtpClient", "WireTrace", "mask_secret"]
 # AddressError and AddressEncodingError (both ValueError) are importable from
 # here too, for the relay layer to tell a bad address from other errors.
 
@@ -44,6 +46,90 @@ __all__ = ["Client", "LmtpClient"]
 _BARE_VERBS = frozenset([b"DATA", b"RSET", b"NOOP", b"QUIT"])
 
 _BODY_VALUE_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-")
+
+
+#: A wire-trace callback, ``trace(event, data)``, called synchronously for one
+#: connection. The events are:
+#:
+#: * ``'connect'``: the connection is open; ``data`` is the peer, e.g. ``b'host:25'``;
+#: * ``'send'``: bytes the client wrote (secret lines masked, see :func:`mask_secret`);
+#: * ``'recv'``: bytes read from the server;
+#: * ``'lost'``: the server closed the connection (``data`` is empty);
+#: * ``'starttls'``: a TLS handshake starts (``data`` is empty);
+#: * ``'tls'``: it finished; ``data`` is the protocol and the cipher, e.g.
+#:   ``b'TLSv1.3 TLS_AES_256_GCM_SHA384'``;
+#: * ``'close'``: the client closed the connection (``data`` is empty); sent by
+#:   :meth:`IO.close() <slimta.smtp.io.IO.close>`, the orderly close after
+#:   ``QUIT``. A connection dropped after a broken stream or a kill has no
+#:   ``'close'`` event.
+#:
+#: An exception it raises ends the session like a socket error would.
+WireTrace = Callable[[str, bytes], None]
+
+#: What a masked secret looks like in a trace.
+MASK = b"********"
+_AUTH_LINE_RE = re.compile(rb"^(AUTH[ \t]+\S+)[ \t]+\S", re.I)
+
+
+def mask_secret(line: bytes) -> bytes:
+    """Hide one secret line for a trace.
+
+    ``AUTH PLAIN <base64>`` keeps the command and mechanism
+    (``AUTH PLAIN ********``); any other non-blank line is hidden whole.
+    """
+    match = _AUTH_LINE_RE.match(line)
+    if match:
+        return match.group(1) + b" " + MASK
+    return MASK if line.strip() else line
+
+
+def describe_address(address: Any) -> str:
+    """``host:port`` (``[v6]:port``) or a unix-socket path, for a trace."""
+    if isinstance(address, tuple) and len(address) >= 2:
+        host = str(address[0])
+        if host.startswith("/"):
+            return host
+        return f"[{host}]:{address[1]}" if ":" in host else f"{host}:{address[1]}"
+    return str(address)
+
+
+class _TracedIO(IO):
+    """An :class:`IO` that reports the connection's bytes to a :data:`WireTrace`."""
+
+    def __init__(self, socket: Any, address: Any, trace: WireTrace) -> None:
+        super().__init__(socket, address)
+        self.trace = trace
+
+    def raw_send(self, data: bytes | bytearray | memoryview, secret: bool = False) -> None:
+        if secret:
+            lines = bytes(data).split(b"\r\n")
+            self.trace("send", b"\r\n".join(mask_secret(line) for line in lines))
+        else:
+            self.trace("send", bytes(data))
+        super().raw_send(data, secret)
+
+    def raw_recv(self) -> bytes:
+        try:
+            data = super().raw_recv()
+        except ConnectionLost:
+            self.trace("lost", b"")
+            raise
+        self.trace("recv", data)
+        return data
+
+    def encrypt_client(self, context: ssl.SSLContext | None = None) -> None:
+        self.trace("starttls", b"")
+        super().encrypt_client(context)
+        sock: Any = self.socket
+        cipher = sock.cipher()
+        name = cipher[0] if cipher else "?"
+        self.trace("tls", f"{sock.version()} {name}".encode("ascii", "replace"))
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            self.trace("close", b"")
 
 
 def _as_bytes(value: bytes | str) -> bytes:
@@ -55,11 +141,15 @@ class Client:
 
     :param socket: the connected (gevent) socket.
     :param address: the peer's ``(host, port)``; also the TLS server name.
+    :param trace: a :data:`WireTrace` told about every byte of this connection
+        (``None``, the default, costs nothing).
     """
 
-    def __init__(self, socket: Any, address: Any = None) -> None:
+    def __init__(self, socket: Any, address: Any = None, *, trace: WireTrace | None = None) -> None:
         #: The buffered socket layer.
-        self.io = IO(socket, address)
+        self.io = IO(socket, address) if trace is None else _TracedIO(socket, address, trace)
+        if trace is not None:
+            trace("connect", describe_address(address).encode("utf-8", "replace"))
         #: Replies waiting to be filled, in the order their commands were sent.
         self.reply_queue: list[Reply] = []
         #: The last 4xx/5xx reply received, or ``None``.
@@ -340,10 +430,11 @@ class LmtpClient(Client):
 
     :param socket: the connected socket (TCP or ``AF_UNIX``).
     :param address: the peer's address.
+    :param trace: as for :class:`Client`.
     """
 
-    def __init__(self, socket: Any, address: Any = None) -> None:
-        super().__init__(socket, address)
+    def __init__(self, socket: Any, address: Any = None, *, trace: WireTrace | None = None) -> None:
+        super().__init__(socket, address, trace=trace)
         #: ``(address, Reply)`` for each RCPT of the current transaction.
         self.rcpttos: list[tuple[str, Reply]] = []
         #: ``(address, Reply)`` for the last :meth:`send_data`; kept even when it

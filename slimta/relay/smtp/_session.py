@@ -26,7 +26,7 @@ from slimta.relay.smtp import SmtpRelayError
 from slimta.relay.smtp._connect import Address, SocketCreator, local_fqdn
 from slimta.relay.smtp._failures import Abort, TlsFailure, reply_for_exception, server_error
 from slimta.smtp._wire import check_ehlo_name
-from slimta.smtp.client import Client, LmtpClient
+from slimta.smtp.client import Client, LmtpClient, WireTrace
 from slimta.smtp.reply import Reply
 
 if TYPE_CHECKING:
@@ -55,6 +55,8 @@ class Owner(Protocol):
     tls_required: bool
     credentials: Credentials | None
     allow_insecure_auth: bool
+    #: Called per connection for its wire trace, or ``None``.
+    trace: Callable[[], WireTrace] | None
     timeouts: Timeouts
     #: Written by the session: the stage in progress.
     current_command: bytes | None
@@ -166,7 +168,11 @@ class Session:
         owner = self.owner
         with self.stage(b"[CONNECT]", owner.timeouts.seconds("connect")):
             sock = owner.socket_creator(owner.address)
-        client = self.protocol(sock, owner.address)
+        trace = owner.trace
+        if trace is None:
+            client = self.protocol(sock, owner.address)
+        else:
+            client = self.protocol(sock, owner.address, trace=trace())
         self.socket, self.client = owner.socket, owner.client = sock, client
         self.usable = True
         if owner.tls_immediately:

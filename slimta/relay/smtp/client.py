@@ -29,14 +29,18 @@ from slimta.relay.smtp._connect import default_socket_creator as default_socket_
 from slimta.relay.smtp._connect import local_fqdn
 from slimta.relay.smtp._session import Credentials, Session
 from slimta.relay.smtp._transaction import Chained, Requeue, Transaction
-from slimta.smtp.client import Client
+from slimta.smtp.client import Client, WireTrace
 
 if TYPE_CHECKING:
     from email.message import Message
 
     from slimta.util.deque import BlockingDeque
 
-__all__ = ["SmtpRelayClient"]
+__all__ = ["SmtpRelayClient", "TraceFactory"]
+
+#: Called once per connection, as it opens; returns the
+#: :data:`~slimta.smtp.client.WireTrace` told about that connection's bytes.
+TraceFactory = Callable[[], WireTrace]
 
 
 class SmtpRelayClient(RelayPoolClient):
@@ -74,6 +78,9 @@ class SmtpRelayClient(RelayPoolClient):
     :param binary_encoder: e.g. :func:`email.encoders.encode_base64`, used to
         convert 8-bit messages for servers without 8BITMIME.
     :param allow_insecure_auth: allow PLAIN, LOGIN and XOAUTH2 without TLS.
+    :param trace: a :data:`TraceFactory`, called for each new connection; the
+        callback it returns sees every byte of that connection (see
+        :data:`~slimta.smtp.client.WireTrace`). ``None``, the default, costs nothing.
 
     The four timeouts are kept together in :attr:`timeouts`; the
     ``*_timeout`` attributes read and change it.
@@ -99,6 +106,8 @@ class SmtpRelayClient(RelayPoolClient):
         credentials: Credentials | None = None,
         binary_encoder: Callable[[Message], None] | None = None,
         allow_insecure_auth: bool = False,
+        *,
+        trace: TraceFactory | None = None,
     ) -> None:
         #: Every timeout of this client, as one value.
         data = command_timeout if data_timeout is None else data_timeout
@@ -116,6 +125,8 @@ class SmtpRelayClient(RelayPoolClient):
         self.credentials = credentials
         self.binary_encoder = binary_encoder
         self.allow_insecure_auth = allow_insecure_auth
+        #: The :data:`TraceFactory` for new connections, or ``None``.
+        self.trace = trace
         self.socket: socket.socket | None = None
         self.client: Client | None = None
         #: The stage in progress, named in error replies (``b'MAIL'``, ``b'[CONNECT]'``...).

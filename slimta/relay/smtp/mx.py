@@ -31,6 +31,7 @@ from slimta.relay import (
 )
 from slimta.relay._replies import internal_failure, no_valid_recipients
 from slimta.relay._timeouts import Timeouts
+from slimta.relay.pool import closing_error
 from slimta.relay.smtp._domains import address_refusal as _address_refusal
 from slimta.relay.smtp._domains import domain_of as _domain_of
 from slimta.relay.smtp._domains import literal_host as _literal_host
@@ -231,6 +232,8 @@ class MxSmtpRelay(Relay):
         self._relayers: LRU[tuple[str, int], Relay] = LRU(relay_cache_size, self._evicted)
         self._in_use: dict[int, int] = {}
         self._retired: dict[int, Relay] = {}
+        #: True once :meth:`close` was called: new deliveries fail at once.
+        self.closing = False
 
     # -- configuration and override points ----------------------------------
     @property
@@ -270,6 +273,8 @@ class MxSmtpRelay(Relay):
         return record
 
     def _relay_for(self, host: str, port: int) -> Relay:
+        if self.closing:
+            raise closing_error()
         key = (host, port)
         relay = self._relayers.get(key)
         if relay is None:
@@ -306,7 +311,11 @@ class MxSmtpRelay(Relay):
         With a single domain the result (or error) of that delivery is returned
         (or raised) unchanged. With several, one dict over all recipients merges
         the groups' outcomes, keyed in the order the envelope lists them.
+
+        :raises TransientRelayError: ``451 4.3.0`` once :meth:`close` was called.
         """
+        if self.closing:
+            raise closing_error()
         groups: dict[str, list[str]] = {}
         failed: dict[str, RelayError] = {}
         for rcpt in envelope.recipients:
@@ -402,6 +411,25 @@ class MxSmtpRelay(Relay):
             if host not in hosts:
                 hosts.append(host)
         return hosts[: self.max_mx_hosts]
+
+    def close(self, timeout: float | None = None) -> None:
+        """Stop accepting work and close every per-host relay, all at once.
+
+        New attempts fail with ``451 4.3.0``; deliveries in flight finish and
+        their connections end with ``QUIT``, as
+        :meth:`RelayPool.close() <slimta.relay.pool.RelayPool.close>` does,
+        within ``timeout`` seconds in all (``None``: no limit). Then whatever is
+        left is killed.
+        """
+        self.closing = True
+        relays = self._relayers.pop_all() + list(self._retired.values())
+        self._retired.clear()
+        closers = [gevent.spawn(relay.close, timeout) for relay in relays]
+        try:
+            gevent.joinall(closers)
+        finally:
+            gevent.killall(closers)
+            self.kill()
 
     def kill(self) -> None:
         """Shut down every cached per-host relay."""

@@ -32,7 +32,7 @@ class StaticSmtpRelay(RelayPool):
         ``tls_immediately``, ``tls_required``, ``connect_timeout``,
         ``command_timeout``, ``data_timeout``, ``idle_timeout`` (seconds a
         connection is kept for reuse), ``credentials``, ``binary_encoder``,
-        ``allow_insecure_auth``.
+        ``allow_insecure_auth``, ``trace`` (a wire trace per connection).
     """
 
     #: The client class used when ``client_class`` is not given.

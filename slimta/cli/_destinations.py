@@ -29,18 +29,16 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-import gevent
 from gevent import socket
 
+from slimta.cli._transcript import Transcript
 from slimta.relay import Relay
-from slimta.relay._cli_transcript import Transcript, TranscriptHttpRelay, relay_client_class
 from slimta.relay.http import HttpRelay
 from slimta.relay.pipe import MACRO_NAMES, DovecotLdaRelay, MaildropRelay, PipeRelay
-from slimta.relay.pool import RelayPool
 from slimta.relay.smtp.mx import MxSmtpRelay
 from slimta.relay.smtp.static import StaticLmtpRelay, StaticSmtpRelay
 
-__all__ = ["Destination", "RelayOptions", "UsageError", "build_relay", "finish", "parse_via"]
+__all__ = ["Destination", "RelayOptions", "UsageError", "build_relay", "parse_via"]
 
 #: The macros a ``pipe:`` command may use (see :class:`~slimta.relay.pipe.PipeRelay`).
 PIPE_MACROS = frozenset(MACRO_NAMES)
@@ -248,36 +246,6 @@ def source_ip_creator(source_ip: str) -> Callable[[tuple[str, int]], socket.sock
     return socket_creator
 
 
-class TrackingMxSmtpRelay(MxSmtpRelay):
-    """An :class:`~slimta.relay.smtp.mx.MxSmtpRelay` that remembers the relays it built.
-
-    The CLI uses :attr:`created` to let connections finish their ``QUIT``
-    before it exits.
-    """
-
-    def __init__(self, context: ssl.SSLContext | None = None, **kwargs: Any) -> None:
-        super().__init__(context, **kwargs)
-        #: Every per-host relay built so far.
-        self.created: list[Relay] = []
-
-    def new_static_relay(self, destination: str, port: int) -> Relay:
-        relay = super().new_static_relay(destination, port)
-        self.created.append(relay)
-        return relay
-
-
-def finish(relay: Relay, timeout: float) -> None:
-    """Let the relay's connections end politely (``QUIT``), then kill what is left.
-
-    :param timeout: seconds to wait for open connections to finish.
-    """
-    pools = relay.created if isinstance(relay, TrackingMxSmtpRelay) else [relay]
-    clients = [client for pool in pools if isinstance(pool, RelayPool) for client in pool.pool]
-    if clients:
-        gevent.joinall(clients, timeout=timeout)
-    relay.kill()
-
-
 def _smtp_kwargs(dest: Destination, opts: RelayOptions) -> dict[str, Any]:
     kwargs: dict[str, Any] = {
         "pool_size": opts.pool_size,
@@ -298,7 +266,7 @@ def _smtp_kwargs(dest: Destination, opts: RelayOptions) -> dict[str, Any]:
     if opts.source_ip is not None:
         kwargs["socket_creator"] = source_ip_creator(opts.source_ip)
     if opts.transcript is not None:
-        kwargs["client_class"] = relay_client_class(opts.transcript, lmtp=dest.kind == "lmtp")
+        kwargs["trace"] = opts.transcript.smtp_trace
     return kwargs
 
 
@@ -321,7 +289,7 @@ def build_relay(dest: Destination, opts: RelayOptions) -> Relay:
         kwargs = _smtp_kwargs(dest, opts)
         context = tls_context(opts)
         if dest.kind == "mx":
-            mx = TrackingMxSmtpRelay(context, **kwargs)
+            mx = MxSmtpRelay(context, **kwargs)
             for domain, host, port in opts.force_mx:
                 mx.force_mx(domain, host, port)
             return mx
@@ -336,13 +304,14 @@ def build_relay(dest: Destination, opts: RelayOptions) -> Relay:
             "timeout": opts.timeout,
             "idle_timeout": opts.idle_timeout,
         }
-        if opts.transcript is not None:
-            return TranscriptHttpRelay(opts.transcript, dest.url, **http_args)
-        return HttpRelay(dest.url, **http_args)
+        transcript = opts.transcript
+        http_trace = transcript.http_trace if transcript is not None else None
+        return HttpRelay(dest.url, **http_args, trace=http_trace)
+    trace = opts.transcript.process_trace if opts.transcript is not None else None
     if dest.kind == "maildrop":
-        return MaildropRelay(_program("maildrop", opts.program), opts.timeout, list(dest.args))
+        program = _program("maildrop", opts.program)
+        return MaildropRelay(program, opts.timeout, list(dest.args), trace=trace)
     if dest.kind == "dovecot-lda":
-        return DovecotLdaRelay(
-            _program("dovecot-lda", opts.program), opts.timeout, list(dest.args)
-        )
-    return PipeRelay(list(dest.args), opts.timeout)
+        program = _program("dovecot-lda", opts.program)
+        return DovecotLdaRelay(program, opts.timeout, list(dest.args), trace=trace)
+    return PipeRelay(list(dest.args), opts.timeout, trace=trace)

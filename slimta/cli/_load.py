@@ -17,9 +17,9 @@ from typing import TextIO
 
 import gevent.pool
 
+from slimta.cli._message import Outcome, Status, outcomes_of
 from slimta.envelope import Envelope
 from slimta.relay import Relay, RelayError, RelayResult
-from slimta.relay._cli_message import Outcome, Status, outcomes_of
 
 __all__ = ["LoadResult", "percentile", "run_load"]
 

@@ -8,9 +8,9 @@ from dataclasses import dataclass
 from email.utils import getaddresses
 from typing import Any, BinaryIO
 
+from slimta.cli._destinations import UsageError
 from slimta.envelope import Envelope
 from slimta.relay import PermanentRelayError, RelayError, RelayResult
-from slimta.relay._cli_dest import UsageError
 from slimta.smtp.reply import Reply
 
 __all__ = [
