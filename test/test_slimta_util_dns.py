@@ -354,7 +354,10 @@ def test_idle_channel_does_not_keep_the_hub_alive(dns_server, dns_resolver):
     get(dns_resolver.query("idle.test", "A"))
     # join() returns True once no referenced watcher is left in the loop.
     assert gevent.get_hub().join(timeout=GUARD_SECONDS) is True
-    assert get(dns_resolver.query("idle.test", "A")) == [AddressAnswer("192.0.2.1", 300)]
+    # The channel still answers (from c-ares' cache, whose TTL counts down while
+    # join() waits for whatever else the loop was running).
+    [answer] = get(dns_resolver.query("idle.test", "A"))
+    assert answer.host == "192.0.2.1" and 300 - GUARD_SECONDS <= answer.ttl <= 300
 
 
 def test_swapping_channels_retires_the_default_one(dns_server, dns_resolver):
