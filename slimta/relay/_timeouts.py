@@ -13,9 +13,9 @@ from __future__ import annotations
 import dataclasses
 import enum
 from collections.abc import Mapping
-from typing import Any, Final, Union
+from typing import Any, Final, Union, overload
 
-__all__ = ["NOT_GIVEN", "NotGiven", "Timeouts", "KEYWORDS"]
+__all__ = ["NOT_GIVEN", "NotGiven", "Timeouts", "TimeoutField", "KEYWORDS"]
 
 
 class NotGiven(enum.Enum):
@@ -86,3 +86,33 @@ class Timeouts:
         """One field's value, with "not given" read as ``None`` (no limit)."""
         value = getattr(self, field)
         return None if value is NOT_GIVEN else value
+
+
+class TimeoutField:
+    """One field of an object's :class:`Timeouts` (its ``timeouts`` attribute),
+    read and written under a python-slimta attribute name (``command_timeout``).
+
+    Reading gives seconds, or ``None`` for no limit; the ``data`` field reads
+    :attr:`Timeouts.data_phase`, and setting it to ``None`` means "as long as a
+    command".
+    """
+
+    def __init__(self, field: str, doc: str) -> None:
+        self.field = field
+        self.__doc__ = doc
+
+    @overload
+    def __get__(self, obj: None, owner: Any = None) -> TimeoutField: ...
+
+    @overload
+    def __get__(self, obj: Any, owner: Any = None) -> float | None: ...
+
+    def __get__(self, obj: Any, owner: Any = None) -> Any:
+        if obj is None:
+            return self
+        timeouts: Timeouts = obj.timeouts
+        return timeouts.data_phase if self.field == "data" else timeouts.seconds(self.field)
+
+    def __set__(self, obj: Any, value: float | None) -> None:
+        given: Seconds = NOT_GIVEN if value is None and self.field == "data" else value
+        obj.timeouts = obj.timeouts.clone(**{self.field: given})

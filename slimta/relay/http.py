@@ -54,7 +54,7 @@ from slimta.relay._http_client import (
     is_stale,
     transient,
 )
-from slimta.relay._timeouts import Timeouts
+from slimta.relay._timeouts import TimeoutField, Timeouts
 from slimta.relay.pool import RelayPool, RelayPoolClient
 from slimta.relay.smtp import SmtpRelayError
 from slimta.relay.smtp._connect import local_fqdn
@@ -141,23 +141,12 @@ class HttpRelay(RelayPool):
         #: The relay's timeouts, as one value.
         self.timeouts = Timeouts(command=timeout, idle=idle_timeout)
 
-    @property
-    def timeout(self) -> float | None:
-        """Seconds for one request: connect, send, and read the response."""
-        return self.timeouts.seconds("command")
-
-    @timeout.setter
-    def timeout(self, value: float | None) -> None:
-        self.timeouts = self.timeouts.clone(command=value)
-
-    @property
-    def idle_timeout(self) -> float | None:
-        """Seconds a client keeps an idle connection for the next message."""
-        return self.timeouts.seconds("idle")
-
-    @idle_timeout.setter
-    def idle_timeout(self, value: float | None) -> None:
-        self.timeouts = self.timeouts.clone(idle=value)
+    timeout = TimeoutField(
+        "command", "Seconds for one request: connect, send, and read the response."
+    )
+    idle_timeout = TimeoutField(
+        "idle", "Seconds a client keeps an idle connection for the next message."
+    )
 
     def add_client(self) -> HttpRelayClient:
         """Return a new :class:`HttpRelayClient` for this relay."""

@@ -176,6 +176,12 @@ class IO:
 
         :raises ~slimta.smtp.ConnectionLost: on EOF or a reset.
         """
+        data = self._recv_once()
+        _log.recv(self.socket, data)
+        return data
+
+    def _recv_once(self) -> bytes:
+        # One recv; EOF and resets (TLS ones included) become ConnectionLost.
         if self._eof:
             raise ConnectionLost()
         try:
@@ -186,7 +192,6 @@ class IO:
         if not data:
             self._eof = True
             raise ConnectionLost()
-        _log.recv(self.socket, data)
         return data
 
     def buffered_recv(self) -> None:
@@ -353,16 +358,7 @@ class IO:
             chunk is masked.
         :raises ~slimta.smtp.ConnectionLost: on EOF or a reset.
         """
-        if self._eof:
-            raise ConnectionLost()
-        try:
-            data = self.socket.recv(RECV_BYTES)
-        except (ConnectionError, ssl.SSLEOFError, ssl.SSLZeroReturnError):
-            self._eof = True
-            raise ConnectionLost()
-        if not data:
-            self._eof = True
-            raise ConnectionLost()
+        data = self._recv_once()
         if secret:
             _log.recv(self.socket, b"******** (%d bytes)" % len(data))
         else:

@@ -18,7 +18,7 @@ import gevent
 from gevent import socket
 
 from slimta.relay import RelayError
-from slimta.relay._timeouts import NOT_GIVEN, Timeouts
+from slimta.relay._timeouts import TimeoutField, Timeouts
 from slimta.relay.pool import RelayPoolClient
 
 # How a connection is opened lives in a private module; these names stay
@@ -134,41 +134,14 @@ class SmtpRelayClient(RelayPoolClient):
         self._session: Session | None = None
 
     # -- the timeouts, under python-slimta's attribute names ----------------------------
-    @property
-    def connect_timeout(self) -> float | None:
-        """Seconds to connect."""
-        return self.timeouts.seconds("connect")
-
-    @connect_timeout.setter
-    def connect_timeout(self, value: float | None) -> None:
-        self.timeouts = self.timeouts.clone(connect=value)
-
-    @property
-    def command_timeout(self) -> float | None:
-        """Seconds for each command and its reply."""
-        return self.timeouts.seconds("command")
-
-    @command_timeout.setter
-    def command_timeout(self, value: float | None) -> None:
-        self.timeouts = self.timeouts.clone(command=value)
-
-    @property
-    def data_timeout(self) -> float | None:
-        """Seconds for the message data and its final reply or replies."""
-        return self.timeouts.data_phase
-
-    @data_timeout.setter
-    def data_timeout(self, value: float | None) -> None:
-        self.timeouts = self.timeouts.clone(data=NOT_GIVEN if value is None else value)
-
-    @property
-    def idle_timeout(self) -> float | None:
-        """Seconds an idle connection waits for the next envelope; ``None``: one envelope."""
-        return self.timeouts.seconds("idle")
-
-    @idle_timeout.setter
-    def idle_timeout(self, value: float | None) -> None:
-        self.timeouts = self.timeouts.clone(idle=value)
+    connect_timeout = TimeoutField("connect", "Seconds to connect.")
+    command_timeout = TimeoutField("command", "Seconds for each command and its reply.")
+    data_timeout = TimeoutField(
+        "data", "Seconds for the message data and its final reply or replies."
+    )
+    idle_timeout = TimeoutField(
+        "idle", "Seconds an idle connection waits for the next envelope; ``None``: one envelope."
+    )
 
     # -- the loop ------------------------------------------------------------------
     def _run(self) -> None:
