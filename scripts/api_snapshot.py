@@ -8,7 +8,7 @@ The second form covers the modules above the relay layer that this package has
 implemented so far (the list grows as they land).
 
 The snapshot holds facts only (module names, public names, parameter names, kinds
-and defaults); test/test_api_compat.py checks that slimta-relay keeps them.
+and defaults); test/unit/test_api_compat.py checks that slimta-relay keeps them.
 """
 
 from __future__ import annotations

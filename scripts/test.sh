@@ -54,5 +54,5 @@ if [ $# -eq 0 ]; then
     .venv-pycares4/bin/python -m pip install -q --disable-pip-version-check \
         --config-settings editable_mode=compat -e '.[test]' 'pycares>=4,<5'
     .venv-pycares4/bin/python -c 'import pycares; assert pycares.__version__.startswith("4."), pycares.__version__'
-    .venv-pycares4/bin/python -m pytest -q test/test_slimta_util_dns.py test/test_slimta_relay_smtp_mx.py
+    .venv-pycares4/bin/python -m pytest -q test/integration/test_slimta_util_dns.py test/integration/test_slimta_relay_smtp_mx.py
 fi

@@ -35,9 +35,9 @@ from support.corpus import (
     split_header_block,
     well_formed_names,
 )
+from support.dkim_keys import Keys, signed, verify_all
 from support.dovecot import DovecotLmtp
 from support.smtp_edge import EdgeUnderTest, cooperative_wait
-from test_dkim_relay import Keys, signed, verify_all
 
 from slimta.diskstorage import DiskStorage
 from slimta.envelope import Envelope

@@ -13,8 +13,8 @@ import pytest
 import support.smtp_edge
 from gevent import subprocess
 from support.smtp_edge import PASSWORD, USER, EdgeUnderTest
+from support.smuggling import SMUGGLED, SMUGGLING_VARIANTS
 from support.util import require_program
-from test_slimta_smtp_server_core import SMUGGLED, SMUGGLING_VARIANTS
 
 #: The fixture (not registered suite-wide by support.servers).
 smtp_edge = support.smtp_edge.smtp_edge

@@ -33,7 +33,7 @@ from typing import Any
 import pytest
 from support.util import require_program, wait_until
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHILD = os.path.join(HERE, "support", "queue_child.py")
 RECEIVER = os.path.join(HERE, "support", "crash_receiver.py")
 

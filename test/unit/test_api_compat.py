@@ -20,7 +20,7 @@ import pytest
 
 ORIGINAL: dict = {}
 for _snapshot in ("python_slimta_api.json", "python_slimta_api_upper.json"):
-    with open(os.path.join(os.path.dirname(__file__), "data", _snapshot)) as _f:
+    with open(os.path.join(os.path.dirname(os.path.dirname(__file__)), "data", _snapshot)) as _f:
         ORIGINAL.update(json.load(_f))
 
 #: Names API.md requires that are importable without being in ``__all__``.

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import gevent
 import pytest
-from smtp_peer import GUARD_TIMEOUT, Peer, connected
+from support.smtp_peer import GUARD_TIMEOUT, Peer, connected
 from support.tls import TlsCert
 
 from slimta.smtp import BadReply, ConnectionLost

@@ -8,7 +8,7 @@ import hmac
 from collections.abc import Iterator
 
 import pytest
-from smtp_peer import Peer, connected
+from support.smtp_peer import Peer, connected
 
 from slimta.smtp.auth import (
     CramMd5,

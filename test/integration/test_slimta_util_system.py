@@ -15,7 +15,7 @@ from support.util import wait_for_path
 
 from slimta.util.system import PidFile
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def run_child(code: str, timeout: float = 20.0) -> subprocess.CompletedProcess[bytes]:

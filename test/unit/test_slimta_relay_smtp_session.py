@@ -13,7 +13,7 @@ import gevent
 import gevent.socket
 import pytest
 from gevent.event import AsyncResult
-from smtp_peer import PEER_ADDRESS, Peer
+from support.smtp_peer import PEER_ADDRESS, Peer
 
 from slimta.envelope import Envelope
 from slimta.relay.smtp import SmtpPermanentRelayError

@@ -71,7 +71,7 @@ def _setup_py_version() -> str:
     import os
     import re
 
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     with open(os.path.join(root, "setup.py")) as f:
         found = re.search(r'version="([^"]+)"', f.read())
     assert found

@@ -23,7 +23,7 @@ from support.smtp_sink import SmtpSinkFactory
 from support.tls import TlsCert
 from support.wsgi_server import WsgiServerFactory
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 #: Guard against a hung example; none needs more than a second or two.
 EXAMPLE_TIMEOUT_SECONDS = 60
 

@@ -11,7 +11,7 @@ import gevent
 import pytest
 from gevent import socket as gsocket
 from support.smtp_wire import Wire
-from test_slimta_smtp_server_core import SMUGGLED, SMUGGLING_VARIANTS
+from support.smuggling import SMUGGLED, SMUGGLING_VARIANTS
 
 from slimta.smtp import ConnectionLost, MessageTooBig
 from slimta.smtp._server_core import BadDataError

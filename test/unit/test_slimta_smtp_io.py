@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import gevent
 import gevent.socket
 import pytest
-from smtp_peer import GUARD_TIMEOUT, PEER_ADDRESS, Peer
+from support.smtp_peer import GUARD_TIMEOUT, PEER_ADDRESS, Peer
 from support.tls import TlsCert
 
 from slimta.smtp import BadReply, ConnectionLost
