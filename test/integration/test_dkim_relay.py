@@ -24,6 +24,8 @@ import gevent
 import pytest
 from support.dkim_keys import Keys, signed, verify_all
 from support.dovecot import DovecotLmtp
+from support.envelopes import make_envelope
+from support.util import GUARD_SECONDS
 
 from slimta.envelope import Envelope
 from slimta.relay.smtp.static import StaticLmtpRelay, StaticSmtpRelay
@@ -31,7 +33,6 @@ from slimta.smtp.reply import Reply
 
 pytestmark = pytest.mark.usefixtures("no_relay_leaks")
 
-GUARD_SECONDS = 20.0
 #: Corpus messages to sign. Their placeholder signatures (DKIM, ARC) are removed
 #: first: they are not verifiable, and "every signature verifies" is the check.
 MESSAGES = [
@@ -87,8 +88,7 @@ NAMES = pytest.mark.parametrize("name", MESSAGES)
 
 
 def envelope(message: bytes, edit: Prepare) -> Envelope:
-    env = Envelope("sender@example.org", [RECIPIENT])
-    env.parse(message)
+    env = make_envelope(sender="sender@example.org", rcpts=(RECIPIENT,), data=message)
     edit(env)
     return env
 

@@ -39,8 +39,11 @@ def _children() -> set[int]:
     """PIDs of this process's live children (all threads), from /proc."""
     pids: set[int] = set()
     for task in os.listdir("/proc/self/task"):
-        with open(f"/proc/self/task/{task}/children", encoding="ascii") as handle:
-            pids.update(int(pid) for pid in handle.read().split())
+        try:
+            with open(f"/proc/self/task/{task}/children", encoding="ascii") as handle:
+                pids.update(int(pid) for pid in handle.read().split())
+        except FileNotFoundError:
+            continue  # the thread ended after listdir(): it has no children now
     return pids
 
 

@@ -38,6 +38,7 @@ from support.corpus import (
 from support.dkim_keys import Keys, signed, verify_all
 from support.dovecot import DovecotLmtp
 from support.smtp_edge import EdgeUnderTest, cooperative_wait
+from support.util import GUARD_SECONDS
 
 from slimta.diskstorage import DiskStorage
 from slimta.envelope import Envelope
@@ -51,7 +52,6 @@ smtp_edge = support.smtp_edge.smtp_edge
 
 ALL = corpus_names()
 WELL_FORMED = set(well_formed_names())
-GUARD_SECONDS = 30.0
 MX_NAME = "mx.example.test"
 CLIENT_EHLO = "relay.example.test"
 CLIENT_PTR = "client.ptr.test"

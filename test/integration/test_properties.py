@@ -27,7 +27,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from support.faultserver import FaultServer
-from support.reliability import NoDelayFaultServer
+from support.util import GUARD_SECONDS
 
 from slimta.envelope import Envelope
 from slimta.relay.smtp.static import StaticSmtpRelay
@@ -35,7 +35,6 @@ from slimta.smtp import BadReply, ConnectionLost
 from slimta.smtp.client import Client
 from slimta.smtp.reply import Reply
 
-GUARD = 10.0
 _FIXTURE_OK = [HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
 
 # -- the reply parser behind a socket -------------------------------------------------------
@@ -60,7 +59,7 @@ def _read_all_replies(chunks: list[bytes]) -> tuple[list[tuple[str, str]], BaseE
 
     writer = gevent.spawn(feed)
     try:
-        with gevent.Timeout(GUARD):
+        with gevent.Timeout(GUARD_SECONDS):
             while True:
                 try:
                     reply = client.get_reply()
@@ -124,6 +123,10 @@ class RecordingSocket:
 
     def sendall(self, data: Any) -> None:
         self.written += bytes(data)
+
+    def send(self, data: Any) -> int:
+        self.written += bytes(data)
+        return len(data)
 
     def recv(self, _size: int) -> bytes:
         return self.answer
@@ -197,7 +200,7 @@ def test_every_written_command_is_one_clean_line(
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[FaultServer]:
-    srv = NoDelayFaultServer(extensions=["PIPELINING", "8BITMIME", "SMTPUTF8"]).start()
+    srv = FaultServer(extensions=["PIPELINING", "8BITMIME", "SMTPUTF8"], nodelay=True).start()
     yield srv
     srv.stop()
 
@@ -231,7 +234,7 @@ def test_relay_delivers_any_body_intact_modulo_crlf(
     env.parse(b"Subject: p\r\n\r\n" + body)
     header, payload = env.flatten()
     before = sum(len(s.messages) for s in server.sessions)
-    with gevent.Timeout(GUARD):
+    with gevent.Timeout(GUARD_SECONDS):
         result = relay.attempt(env, 0)
     assert isinstance(result["r@example.test"], Reply)
     messages = [m for s in server.sessions for m in s.messages]
@@ -255,7 +258,7 @@ def test_server_sees_one_line_per_command_whatever_the_addresses(
     env.parse(b"Subject: p\r\n\r\nbody\r\n")
     count = len(server.sessions)
     seen = sum(len(s.commands) for s in server.sessions)
-    with gevent.Timeout(GUARD):
+    with gevent.Timeout(GUARD_SECONDS):
         try:
             result: Any = relay.attempt(env, 0)
         except Exception as exc:  # only a RelayError, for a refused sender or all rcpts

@@ -16,7 +16,7 @@ from typing import Any
 import gevent
 import pytest
 from gevent.event import Event
-from gevent.server import StreamServer
+from support.http_peer import OK_RESPONSE, ScriptedHttpServer, answer_ok
 from support.reliability import (
     SLACK_SECONDS,
     assert_no_leaks,
@@ -30,64 +30,6 @@ from slimta.relay.http import HttpRelay
 from slimta.smtp.reply import Reply
 
 TIMEOUT = 0.6
-OK = b'HTTP/1.1 200 OK\r\nContent-Length: 0\r\nX-Smtp-Reply: 250; message="2.0.0 Ok"\r\n\r\n'
-
-
-class ScriptedHttpServer:
-    """The first connection runs ``fault``; the others answer :data:`OK` to each request."""
-
-    def __init__(self, fault: Callable[[Any, Event], None]) -> None:
-        self.fault = fault
-        self.connections = 0
-        self.release = Event()
-        self.requests = 0
-        self.server = StreamServer(("127.0.0.1", 0), self._handle)
-        self.server.start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_port}/deliver"
-
-    def stop(self) -> None:
-        self.release.set()
-        self.server.stop(timeout=1)
-
-    def _read_request(self, sock: Any, buf: bytearray) -> bool:
-        while b"\r\n\r\n" not in buf:
-            data = sock.recv(65536)
-            if not data:
-                return False
-            buf.extend(data)
-        head, _, _ = bytes(buf).partition(b"\r\n\r\n")
-        length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
-                       if line.lower().startswith(b"content-length:")), 0)
-        total = len(head) + 4 + length
-        while len(buf) < total:
-            data = sock.recv(65536)
-            if not data:
-                return False
-            buf.extend(data)
-        del buf[:total]
-        self.requests += 1
-        return True
-
-    def _handle(self, sock: Any, _address: Any) -> None:
-        index = self.connections
-        self.connections += 1
-        buf = bytearray()
-        try:
-            if not self._read_request(sock, buf):
-                return
-            if index == 0:
-                self.fault(sock, self.release)
-                return
-            sock.sendall(OK)
-            while self._read_request(sock, buf):
-                sock.sendall(OK)
-        except OSError:
-            pass
-        finally:
-            sock.close()
 
 
 def _reset(sock: Any, _release: Event) -> None:
@@ -114,7 +56,7 @@ def _no_response(sock: Any, release: Event) -> None:
 
 def _slow_headers(sock: Any, release: Event) -> None:
     # One byte at a time, for longer than the whole timeout.
-    for byte in OK:
+    for byte in OK_RESPONSE:
         sock.sendall(bytes([byte]))
         if release.wait(TIMEOUT / 10):
             return
@@ -122,7 +64,7 @@ def _slow_headers(sock: Any, release: Event) -> None:
 
 def _slow_but_in_time(sock: Any, release: Event) -> None:
     # Split across many segments, well within the timeout: delivered.
-    for byte in OK:
+    for byte in OK_RESPONSE:
         sock.sendall(bytes([byte]))
         gevent.sleep(0)
 
@@ -166,7 +108,15 @@ def http_server() -> Iterator[Callable[..., ScriptedHttpServer]]:
     made: list[ScriptedHttpServer] = []
 
     def start(fault: Callable[[Any, Event], None]) -> ScriptedHttpServer:
-        server = ScriptedHttpServer(fault)
+        """The first connection reads one request, then runs ``fault``; the rest behave."""
+        release = Event()
+
+        def first(sock: Any, read_request: Callable[[], bytes]) -> None:
+            read_request()
+            fault(sock, release)
+
+        server = ScriptedHttpServer([first], default=answer_ok, path="/deliver",
+                                    release=release)
         made.append(server)
         return server
 
@@ -195,7 +145,7 @@ def test_http_fault(
         second = timed_attempt(relay, make_envelope())
         assert second.error is None, second.error
         assert isinstance(second.result, Reply) and second.result.code == "250"
-        assert server.requests == 2  # the faulty request was never sent twice
+        assert len(server.requests) == 2  # the faulty request was never sent twice
     finally:
         relay.kill()
     assert_no_leaks(before)
@@ -232,7 +182,7 @@ def test_fault_after_the_verdict(
         second = timed_attempt(relay, make_envelope())
         assert second.error is None, second.error
         assert server.connections == 2  # a half-read response never reuses its connection
-        assert server.requests == 2
+        assert len(server.requests) == 2
     finally:
         relay.kill()
     assert_no_leaks(before)

@@ -21,7 +21,6 @@ Cases that do not exist in the protocol are left out and listed in :data:`NOT_AP
 from __future__ import annotations
 
 import socket
-import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,7 +29,6 @@ import gevent
 import gevent.socket
 import pytest
 from gevent.event import Event
-from gevent.server import StreamServer
 from support.faultserver import (
     CLOSE,
     GARBAGE,
@@ -339,136 +337,31 @@ def test_connection_refused_for_real(relays: list[StaticSmtpRelay]) -> None:
 # -- message data -------------------------------------------------------------------------
 
 
-class DataPhaseServer:
-    """A minimal ESMTP server that misbehaves *while the message is being sent*.
-
-    The fault server only acts on replies; here the fault comes after the 354, once
-    some message bytes arrived: close, reset, stop reading (stall), an early 4xx/5xx,
-    garbage or an oversized line, then read and drop until the client goes away.
-    Connections after the first behave.
-    """
-
-    def __init__(self, fault: str) -> None:
-        self.fault = fault
-        self.connections = 0
-        self.messages: list[bytes] = []
-        self.release = Event()
-        self.done = Event()
-        self.server = StreamServer(("127.0.0.1", 0), self._handle)
-        self.server.start()
-
-    @property
-    def address(self) -> tuple[str, int]:
-        return "127.0.0.1", int(self.server.server_port)
-
-    def stop(self) -> None:
-        self.release.set()
-        self.server.stop(timeout=1)
-
-    def _handle(self, sock: Any, _address: Any) -> None:
-        index = self.connections
-        self.connections += 1
-        try:
-            self._session(sock, index == 0)
-        except OSError:
-            pass
-        finally:
-            sock.close()
-            if index == 0:
-                self.done.set()
-
-    def _session(self, sock: Any, faulty: bool) -> None:
-        buf = bytearray()
-
-        def line() -> bytes | None:
-            while b"\n" not in buf:
-                data = sock.recv(65536)
-                if not data:
-                    return None
-                buf.extend(data)
-            end = buf.index(b"\n") + 1
-            out = bytes(buf[:end])
-            del buf[:end]
-            return out
-
-        sock.sendall(b"220 data.test ESMTP\r\n")
-        while (cmd := line()) is not None:
-            verb = cmd.split(b" ", 1)[0].strip().upper()
-            if verb == b"EHLO":
-                sock.sendall(b"250-data.test\r\n250-PIPELINING\r\n250 8BITMIME\r\n")
-            elif verb in (b"MAIL", b"RCPT", b"RSET"):
-                sock.sendall(b"250 2.0.0 Ok\r\n")
-            elif verb == b"QUIT":
-                sock.sendall(b"221 2.0.0 Bye\r\n")
-                return
-            elif verb == b"DATA":
-                sock.sendall(b"354 Go ahead\r\n")
-                early = faulty and self._fault(sock, buf)
-                if faulty and not early:
-                    return
-                data = bytearray()
-                while not data.endswith(b"\r\n.\r\n"):
-                    chunk = line()
-                    if chunk is None:
-                        return
-                    data += chunk
-                if early:  # the refusal was sent already; the session goes on
-                    faulty = False
-                    continue
-                self.messages.append(bytes(data))
-                sock.sendall(b"250 2.0.0 Queued\r\n")
-            else:
-                sock.sendall(b"500 5.5.2 What?\r\n")
-
-    def _fault(self, sock: Any, buf: bytearray) -> bool:
-        """Misbehave; True when the session goes on (after an early refusal)."""
-        if not buf:
-            buf.extend(sock.recv(65536))  # some message bytes are in flight
-        if self.fault == "close":
-            return False
-        if self.fault == "reset":
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            return False
-        if self.fault == "stall":
-            self.release.wait()  # read nothing more: the client's send blocks
-            return False
-        if self.fault in ("4xx", "5xx"):
-            # An early refusal (RFC 5321 allows none, some servers do it): the
-            # client reads it as the final reply once its data is written.
-            sock.sendall(b"451 4.3.0 Aborted while receiving\r\n" if self.fault == "4xx"
-                         else b"554 5.3.4 Message too big for system\r\n")
-            return True
-        sock.sendall(GARBAGE if self.fault == "garbage" else OVERSIZED_LINE)
-        while sock.recv(65536):  # read and drop until the client closes
-            pass
-        return False
-
-
-@pytest.fixture
-def data_server() -> Iterator[Callable[[str], DataPhaseServer]]:
-    made: list[DataPhaseServer] = []
-
-    def start(fault: str) -> DataPhaseServer:
-        server = DataPhaseServer(fault)
-        made.append(server)
-        return server
-
-    yield start
-    for server in made:
-        server.stop()
+#: What the server does once the first message bytes arrived after its 354. The
+#: refusals are early (RFC 5321 allows none, some servers do it): the client reads
+#: them as the final reply once its data is written.
+DATA_FAULTS = {
+    "close": CLOSE,
+    "reset": RESET,
+    "stall": STALL,
+    "4xx": "451 4.3.0 Aborted while receiving",
+    "5xx": "554 5.3.4 Message too big for system",
+    "garbage": GARBAGE,
+    "oversized_line": OVERSIZED_LINE,
+}
 
 
 #: Large enough that the fault arrives while the client is still writing.
 BIG_BODY = (b"0123456789abcdef" * 63 + b"\r\n") * 2048  # 2 MiB
 
 
-@pytest.mark.parametrize(
-    "fault", ["close", "reset", "stall", "4xx", "5xx", "garbage", "oversized_line"]
-)
+@pytest.mark.parametrize("fault", list(DATA_FAULTS))
 def test_fault_during_message_data(
-    data_server: Callable[[str], DataPhaseServer], relays: list[StaticSmtpRelay], fault: str
+    fault_server: Callable[..., FaultServer], relays: list[StaticSmtpRelay], fault: str
 ) -> None:
-    server = data_server(fault)
+    # The first connection misbehaves while the message is being sent; the next behaves.
+    server = fault_server(sessions=[{"DATA_BODY": DATA_FAULTS[fault]}],
+                          extensions=["PIPELINING", "8BITMIME"])
     timeout = STALL_TIMEOUT if fault == "stall" else LONG_TIMEOUT
     before = resources()
     relay = _relay(relays, server.address, timeout)
@@ -492,8 +385,7 @@ def test_fault_during_message_data(
     _delivered(second)
     assert len(server.messages) == 1
     _wait_clients_gone(relay, timeout)
-    with gevent.Timeout(LONG_TIMEOUT):
-        server.done.wait()
+    server.wait_closed(1, LONG_TIMEOUT)
     assert_no_leaks(before)
 
 

@@ -9,11 +9,10 @@ import gevent
 import gevent.ssl
 import pytest
 from support.tls import TlsCert
+from support.util import GUARD_SECONDS
 from support.wsgi_server import WsgiServer
 
 from slimta.http import HTTPConnection, HTTPSConnection, get_connection
-
-GUARD_SECONDS = 10.0
 
 
 @pytest.mark.parametrize(

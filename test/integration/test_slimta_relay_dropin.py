@@ -18,6 +18,8 @@ import gevent
 import gevent.socket
 import pytest
 from gevent.event import AsyncResult
+from support.envelopes import make_envelope
+from support.util import GUARD_SECONDS
 from support.wsgi_server import WsgiServer
 
 from slimta.envelope import Envelope
@@ -29,14 +31,6 @@ from slimta.relay.smtp.static import StaticSmtpRelay
 from slimta.smtp.reply import Reply
 
 pytestmark = pytest.mark.usefixtures("no_relay_leaks")
-
-GUARD_SECONDS = 10.0
-
-
-def make_envelope(*rcpts: str) -> Envelope:
-    env = Envelope("sender@example.test", list(rcpts or ["rcpt@example.test"]))
-    env.parse(b"Subject: drop-in\r\n\r\nHello.\r\n")
-    return env
 
 
 def attempt(relay: Any, envelope: Envelope) -> Any:

@@ -6,14 +6,16 @@ import base64
 import socket
 import struct
 from collections.abc import Callable, Iterable, Iterator
+from functools import partial
 from typing import Any
 
 import gevent
 import pytest
 from gevent.event import Event
-from gevent.server import StreamServer
+from support import envelopes
+from support.http_peer import OK_RESPONSE, Handler, ScriptedHttpServer
 from support.tls import TlsCert, make_self_signed
-from support.util import free_port
+from support.util import GUARD_SECONDS, free_port
 from support.wsgi_server import WsgiServer
 
 from slimta.envelope import Envelope
@@ -22,20 +24,15 @@ from slimta.relay.http import MAX_RESPONSE_BODY_BYTES, HttpRelay, HttpRelayClien
 from slimta.relay.smtp import SmtpPermanentRelayError, SmtpTransientRelayError
 from slimta.smtp.reply import Reply
 
-#: Guard for every wait in these tests: a hang fails the test instead of the run.
-GUARD_SECONDS = 10.0
-
 MESSAGE = b"From: a@example.com\r\nSubject: hello\r\n\r\nbody line\r\n.dot line\r\n"
 
 
-def make_envelope(
-    sender: str | None = "sender@example.com",
-    recipients: list[str] | None = None,
-    data: bytes = MESSAGE,
-) -> Envelope:
-    env = Envelope(sender, recipients or ["rcpt1@example.com", "rcpt2@example.com"])
-    env.parse(data)
-    return env
+make_envelope = partial(
+    envelopes.make_envelope,
+    sender="sender@example.com",
+    rcpts=("rcpt1@example.com", "rcpt2@example.com"),
+    data=MESSAGE,
+)
 
 
 def b64(value: str) -> str:
@@ -94,7 +91,7 @@ def test_request_headers_and_exact_body(
 ) -> None:
     server = wsgi_server()
     relay = new_relay(server.url + "deliver?queue=fast&x=1")
-    env = make_envelope("séndér@example.com", ["one@example.com", "twö@example.com"])
+    env = make_envelope(sender="séndér@example.com", rcpts=["one@example.com", "twö@example.com"])
     header_data, body = env.flatten()
 
     reply = attempt(relay, env)
@@ -145,7 +142,7 @@ def test_custom_class_attributes(
     server = wsgi_server()
     relay = PutRelay(server.url, ehlo_as=lambda: "callable.example.com", timeout=5)
     relays.append(relay)
-    attempt(relay, make_envelope(recipients=["r@example.com"]))
+    attempt(relay, make_envelope(rcpts=["r@example.com"]))
     [request] = server.requests
     assert request.method == "PUT"
     assert request.header("X-Helo") == "callable.example.com"
@@ -192,7 +189,7 @@ def test_addresses_cannot_inject_headers(
     relay = new_relay(server.url)
     sender = "s@example.com\r\nX-Injected: sender"
     rcpt = "r@example.com\r\nX-Injected: rcpt\r\n\r\nbody"
-    attempt(relay, make_envelope(sender, [rcpt]))
+    attempt(relay, make_envelope(sender=sender, rcpts=[rcpt]))
     [request] = server.requests
     assert request.header("X-Injected") is None
     assert base64.b64decode(request.header("X-Envelope-Sender") or "").decode() == sender
@@ -436,78 +433,17 @@ def test_timeout_while_server_stalls(
     assert all(client.conn is None for client in relay.pool)
 
 
-class RawHttpServer:
-    """A scripted HTTP peer: ``handlers[i]`` serves the i-th connection.
-
-    A handler gets the socket and a function reading one request; it does what
-    the test needs (answer, close, reset, send garbage).
-    """
-
-    def __init__(self, handlers: list[Callable[[Any, Callable[[], bytes]], None]]) -> None:
-        self.handlers = handlers
-        self.connections = 0
-        self.requests: list[bytes] = []
-        self.server = StreamServer(("127.0.0.1", 0), self._handle)
-        self.server.start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_port}/"
-
-    def _handle(self, sock: Any, address: Any) -> None:
-        index = self.connections
-        self.connections += 1
-        buffer = bytearray()
-
-        def read_request() -> bytes:
-            while b"\r\n\r\n" not in buffer:
-                data = sock.recv(65536)
-                if not data:
-                    raise EOFError
-                buffer.extend(data)
-            head, _, _ = bytes(buffer).partition(b"\r\n\r\n")
-            length = 0
-            for line in head.split(b"\r\n"):
-                if line.lower().startswith(b"content-length:"):
-                    length = int(line.split(b":", 1)[1])
-            total = len(head) + 4 + length
-            while len(buffer) < total:
-                data = sock.recv(65536)
-                if not data:
-                    raise EOFError
-                buffer.extend(data)
-            request = bytes(buffer[:total])
-            del buffer[:total]
-            self.requests.append(request)
-            return request
-
-        try:
-            self.handlers[index](sock, read_request)
-        except EOFError:
-            pass
-        finally:
-            sock.close()
-
-    def stop(self) -> None:
-        self.server.stop(timeout=1)
-
-
-OK_RESPONSE = (
-    b'HTTP/1.1 200 OK\r\nContent-Length: 0\r\nX-Smtp-Reply: 250; message="2.0.0 Ok"\r\n\r\n'
-)
-
-
 def reset(sock: Any) -> None:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     sock.close()
 
 
 @pytest.fixture
-def raw_server() -> Iterator[Callable[..., RawHttpServer]]:
-    servers: list[RawHttpServer] = []
+def raw_server() -> Iterator[Callable[..., ScriptedHttpServer]]:
+    servers: list[ScriptedHttpServer] = []
 
-    def start(*handlers: Callable[[Any, Callable[[], bytes]], None]) -> RawHttpServer:
-        server = RawHttpServer(list(handlers))
+    def start(*handlers: Handler) -> ScriptedHttpServer:
+        server = ScriptedHttpServer(handlers)
         servers.append(server)
         return server
 
@@ -517,7 +453,7 @@ def raw_server() -> Iterator[Callable[..., RawHttpServer]]:
 
 
 def test_connection_reset_is_transient(
-    raw_server: Callable[..., RawHttpServer], new_relay: Callable[..., HttpRelay]
+    raw_server: Callable[..., ScriptedHttpServer], new_relay: Callable[..., HttpRelay]
 ) -> None:
     def handler(sock: Any, read: Callable[[], bytes]) -> None:
         read()
@@ -532,7 +468,7 @@ def test_connection_reset_is_transient(
 
 
 def test_garbage_response_is_transient(
-    raw_server: Callable[..., RawHttpServer], new_relay: Callable[..., HttpRelay]
+    raw_server: Callable[..., ScriptedHttpServer], new_relay: Callable[..., HttpRelay]
 ) -> None:
     def handler(sock: Any, read: Callable[[], bytes]) -> None:
         read()
@@ -547,7 +483,7 @@ def test_garbage_response_is_transient(
 
 
 def test_stale_reused_connection_is_retried_once(
-    raw_server: Callable[..., RawHttpServer], new_relay: Callable[..., HttpRelay]
+    raw_server: Callable[..., ScriptedHttpServer], new_relay: Callable[..., HttpRelay]
 ) -> None:
     def first(sock: Any, read: Callable[[], bytes]) -> None:
         read()
@@ -569,7 +505,7 @@ def test_stale_reused_connection_is_retried_once(
 
 
 def test_reused_connection_reset_before_answer_is_retried(
-    raw_server: Callable[..., RawHttpServer], new_relay: Callable[..., HttpRelay]
+    raw_server: Callable[..., ScriptedHttpServer], new_relay: Callable[..., HttpRelay]
 ) -> None:
     def first(sock: Any, read: Callable[[], bytes]) -> None:
         read()
@@ -589,7 +525,7 @@ def test_reused_connection_reset_before_answer_is_retried(
 
 
 def test_retry_happens_only_once(
-    raw_server: Callable[..., RawHttpServer], new_relay: Callable[..., HttpRelay]
+    raw_server: Callable[..., ScriptedHttpServer], new_relay: Callable[..., HttpRelay]
 ) -> None:
     def first(sock: Any, read: Callable[[], bytes]) -> None:
         read()
@@ -609,7 +545,7 @@ def test_retry_happens_only_once(
 
 
 def test_no_retry_once_the_response_started(
-    raw_server: Callable[..., RawHttpServer], new_relay: Callable[..., HttpRelay]
+    raw_server: Callable[..., ScriptedHttpServer], new_relay: Callable[..., HttpRelay]
 ) -> None:
     def first(sock: Any, read: Callable[[], bytes]) -> None:
         read()
@@ -632,7 +568,7 @@ def test_no_retry_once_the_response_started(
 
 
 def test_truncated_body_is_not_reused(
-    raw_server: Callable[..., RawHttpServer], new_relay: Callable[..., HttpRelay]
+    raw_server: Callable[..., ScriptedHttpServer], new_relay: Callable[..., HttpRelay]
 ) -> None:
     def first(sock: Any, read: Callable[[], bytes]) -> None:
         read()
@@ -657,7 +593,7 @@ def test_truncated_body_is_not_reused(
 
 
 def test_server_closing_idle_connection_is_noticed(
-    raw_server: Callable[..., RawHttpServer], new_relay: Callable[..., HttpRelay]
+    raw_server: Callable[..., ScriptedHttpServer], new_relay: Callable[..., HttpRelay]
 ) -> None:
     closed = Event()
 

@@ -10,33 +10,29 @@ import os
 import signal
 import stat
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import gevent
 import gevent.subprocess
 import pytest
+from support import envelopes
 from support.dovecot import DovecotLda
 from support.maildrop import MaildropBox
 from support.reliability import settle
+from support.util import GUARD_SECONDS
 
 from slimta.envelope import Envelope
 from slimta.relay import PermanentRelayError, RelayError, TransientRelayError
 from slimta.relay.pipe import MAX_CAPTURE_BYTES, DovecotLdaRelay, MaildropRelay, PipeRelay
 
-GUARD_SECONDS = 20.0
-
 MESSAGE = b"From: a@example.com\r\nMessage-Id: <id-1@example.com>\r\nSubject: hi\r\n\r\nbody\r\n"
 
 
-def make_envelope(
-    sender: str | None = "sender@example.com",
-    recipients: list[str] | None = None,
-    data: bytes = MESSAGE,
-) -> Envelope:
-    env = Envelope(sender, recipients if recipients is not None else ["rcpt@example.com"])
-    env.parse(data)
-    return env
+make_envelope = partial(
+    envelopes.make_envelope, sender="sender@example.com", rcpts=("rcpt@example.com",), data=MESSAGE
+)
 
 
 def attempt(relay: Any, envelope: Envelope) -> Any:
@@ -116,7 +112,7 @@ def test_success_macros_and_exact_stdin(
         ],
         env={"OUT": str(out)},
     )
-    env = make_envelope(recipients=["one@example.com", "two@example.com", "one@example.com"])
+    env = make_envelope(rcpts=["one@example.com", "two@example.com", "one@example.com"])
     env.client.update({"ip": "192.0.2.1", "host": "mx.example.net", "name": "helo.example"})
     header_data, body = env.flatten()
     result = attempt(relay, env)
@@ -205,7 +201,7 @@ def test_timeout_kills_process_group_and_reaps(
         f'echo start >> "{started}"\nsleep 1000 & echo $! >> "{pids}"; echo $$ >> "{pids}"\nwait\n'
     )
     relay = PipeRelay([prog], timeout=0.5)
-    result = attempt(relay, make_envelope(recipients=["a@example.com", "b@example.com"]))
+    result = attempt(relay, make_envelope(rcpts=["a@example.com", "b@example.com"]))
     for rcpt in ("a@example.com", "b@example.com"):
         error = result[rcpt]
         assert isinstance(error, TransientRelayError)
@@ -232,7 +228,7 @@ def test_single_mode_raises_failure(script: Callable[[str], str]) -> None:
         per_recipient = False
 
     prog = script('cat >/dev/null; echo "5.7.1 Denied"; exit 1\n')
-    error = attempt_error(Single([prog]), make_envelope(recipients=["a@x.test", "b@x.test"]))
+    error = attempt_error(Single([prog]), make_envelope(rcpts=["a@x.test", "b@x.test"]))
     assert isinstance(error, PermanentRelayError)
     assert str(error.reply) == "550 5.7.1 Denied"
     ok = script("cat >/dev/null\n")
@@ -274,7 +270,7 @@ def test_recipient_that_looks_like_an_option_is_refused(
     ran = tmp_path / "ran"
     prog = script(f'touch "{ran}"\n')
     result = attempt(
-        PipeRelay([prog, "{recipient}"]), make_envelope(recipients=[rcpt, "ok@x.test"])
+        PipeRelay([prog, "{recipient}"]), make_envelope(rcpts=[rcpt, "ok@x.test"])
     )
     error = result[rcpt]
     assert isinstance(error, PermanentRelayError)
@@ -289,7 +285,7 @@ def test_option_like_values_allowed_after_double_dash(
     out = tmp_path / "out"
     prog = script(f'printf "%s\\n" "$@" > "{out}"; cat >/dev/null\n')
     result = attempt(
-        PipeRelay([prog, "--", "{recipient}"]), make_envelope(recipients=["-x@example.com"])
+        PipeRelay([prog, "--", "{recipient}"]), make_envelope(rcpts=["-x@example.com"])
     )
     assert result == {"-x@example.com": None}
     assert out.read_text().splitlines() == ["--", "-x@example.com"]
@@ -298,7 +294,7 @@ def test_option_like_values_allowed_after_double_dash(
 def test_option_like_sender_refused_for_every_recipient(script: Callable[[str], str]) -> None:
     prog = script("cat > /dev/null\n")
     relay = PipeRelay([prog, "{sender}", "{recipient}"])
-    result = attempt(relay, make_envelope("-s@example.com", ["a@x.test", "b@x.test"]))
+    result = attempt(relay, make_envelope(sender="-s@example.com", rcpts=["a@x.test", "b@x.test"]))
     for rcpt in ("a@x.test", "b@x.test"):
         assert isinstance(result[rcpt], PermanentRelayError)
         assert str(result[rcpt].reply).startswith("501 5.1.7 ")
@@ -320,7 +316,8 @@ def test_control_characters_refused(
     ran = tmp_path / "ran"
     prog = script(f'touch "{ran}"\n')
     result = attempt(
-        PipeRelay([prog, "-f", "{sender}", "{recipient}"]), make_envelope(sender, [rcpt])
+        PipeRelay([prog, "-f", "{sender}", "{recipient}"]),
+        make_envelope(sender=sender, rcpts=[rcpt]),
     )
     error = result[rcpt]
     assert isinstance(error, PermanentRelayError)
@@ -408,7 +405,7 @@ def test_maildrop_delivers(maildrop_box: MaildropBox, no_leaks: None) -> None:
     relay = MaildropRelay(
         maildrop_box.program, timeout=GUARD_SECONDS, extra_args=[maildrop_box.filter_path]
     )
-    env = make_envelope(recipients=["a@x.test", "b@x.test"])
+    env = make_envelope(rcpts=["a@x.test", "b@x.test"])
     assert attempt(relay, env) is None
     header_data, body = env.flatten()
     assert maildrop_box.messages() == [header_data + body]
@@ -418,8 +415,8 @@ def test_maildrop_sender_starting_with_dash_is_an_option_value(
     maildrop_box: MaildropBox,
 ) -> None:
     relay = MaildropRelay(maildrop_box.program, extra_args=[maildrop_box.filter_path])
-    assert attempt(relay, make_envelope("-V@example.com")) is None
-    assert attempt(relay, make_envelope("")) is None
+    assert attempt(relay, make_envelope(sender="-V@example.com")) is None
+    assert attempt(relay, make_envelope(sender="")) is None
     assert len(maildrop_box.messages()) == 2
 
 
@@ -449,7 +446,7 @@ def test_maildrop_other_exit_is_permanent(maildrop_box: MaildropBox) -> None:
 
 def test_maildrop_control_character_sender_refused(maildrop_box: MaildropBox) -> None:
     relay = MaildropRelay(maildrop_box.program, extra_args=[maildrop_box.filter_path])
-    error = attempt_error(relay, make_envelope("bad\n@example.com"))
+    error = attempt_error(relay, make_envelope(sender="bad\n@example.com"))
     assert isinstance(error, PermanentRelayError)
     assert str(error.reply).startswith("501 5.1.7 ")
     assert maildrop_box.messages() == []
@@ -462,14 +459,12 @@ def test_dovecot_lda_per_recipient(dovecot_lda: DovecotLda, no_leaks: None) -> N
     relay = DovecotLdaRelay(
         dovecot_lda.program, timeout=GUARD_SECONDS, extra_args=["-c", dovecot_lda.config_path]
     )
-    env = make_envelope(
-        recipients=[
+    env = make_envelope(rcpts=[
             "alice@example.com",
             "nosuchuser@example.com",
             "bob@example.com",
             "broken@example.com",
-        ]
-    )
+        ])
     result = attempt(relay, env)
     assert result["alice@example.com"] is None
     assert result["bob@example.com"] is None
@@ -487,7 +482,8 @@ def test_dovecot_lda_per_recipient(dovecot_lda: DovecotLda, no_leaks: None) -> N
 
 def test_dovecot_lda_option_like_recipient_is_an_option_value(dovecot_lda: DovecotLda) -> None:
     relay = DovecotLdaRelay(dovecot_lda.program, extra_args=["-c", dovecot_lda.config_path])
-    result = attempt(relay, make_envelope("-f@example.com", ["-alice", "alice@example.com"]))
+    env = make_envelope(sender="-f@example.com", rcpts=["-alice", "alice@example.com"])
+    result = attempt(relay, env)
     # "-alice" reaches dovecot-lda as the value of -d: an unknown user, not an option.
     assert isinstance(result["-alice"], PermanentRelayError)
     assert result["alice@example.com"] is None

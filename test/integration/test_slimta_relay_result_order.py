@@ -16,6 +16,7 @@ import socket
 import stat
 import uuid
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,8 @@ import gevent
 import pytest
 from gevent.event import AsyncResult
 from gevent.socket import create_connection
+from support import envelopes
+from support.util import GUARD_SECONDS
 
 from slimta.envelope import Envelope
 from slimta.relay import PermanentRelayError, TransientRelayError
@@ -35,16 +38,16 @@ from slimta.smtp.reply import Reply
 
 pytestmark = pytest.mark.usefixtures("no_relay_leaks")
 
-GUARD_SECONDS = 20.0
 
 #: Refused before any command: aiosmtpd and the fault server do not offer SMTPUTF8.
 NON_ASCII = "d\u00e9j\u00e0@x.test"
 
 
-def make_envelope(*rcpts: str) -> Envelope:
-    env = Envelope("sender@example.test", list(rcpts))
-    env.parse(b"From: sender@example.test\r\nSubject: order\r\n\r\nHello.\r\n")
-    return env
+make_envelope = partial(
+    envelopes.make_envelope,
+    headers=b"From: sender@example.test\r\nSubject: order\r\n",
+    body=b"Hello.\r\n",
+)
 
 
 def unique_keys(rcpts: tuple[str, ...] | list[str]) -> list[str]:
@@ -96,7 +99,7 @@ def test_smtp_failures_first_in_time_listed_in_envelope_order(aiosmtpd_server: A
     server = aiosmtpd_server(reject_rcpt={"gone@x.test"}, tempfail_rcpt={"later@x.test"})
     rcpts = ("ok1@x.test", "gone@x.test", NON_ASCII, "later@x.test", "ok2@x.test",
              "gone@x.test", "ok1@x.test")
-    result = attempt(smtp_relay(server.address), make_envelope(*rcpts))
+    result = attempt(smtp_relay(server.address), make_envelope(rcpts=rcpts))
     assert list(result.keys()) == unique_keys(rcpts)
     assert list(result) == ["ok1@x.test", "gone@x.test", NON_ASCII, "later@x.test", "ok2@x.test"]
     assert is_reply(result["ok1@x.test"], "250") and is_reply(result["ok2@x.test"], "250")
@@ -112,7 +115,7 @@ def test_smtp_failures_first_in_time_listed_in_envelope_order(aiosmtpd_server: A
 def test_smtp_failures_first_in_rcpt_order(aiosmtpd_server: Any) -> None:
     server = aiosmtpd_server(reject_rcpt={"gone@x.test"}, tempfail_rcpt={"later@x.test"})
     rcpts = ("gone@x.test", "later@x.test", "ok@x.test")
-    result = attempt(smtp_relay(server.address), make_envelope(*rcpts))
+    result = attempt(smtp_relay(server.address), make_envelope(rcpts=rcpts))
     assert list(result.keys()) == list(rcpts)
     gone, later, ok = result.values()
     assert is_error(gone, SmtpPermanentRelayError, "550", b"RCPT")
@@ -127,7 +130,7 @@ def test_smtp_without_pipelining(fault_server: Any) -> None:
         extensions=["8BITMIME"],
     )
     rcpts = ("ok1@x.test", "later@x.test", "gone@x.test", "ok2@x.test")
-    result = attempt(smtp_relay(server.address), make_envelope(*rcpts))
+    result = attempt(smtp_relay(server.address), make_envelope(rcpts=rcpts))
     assert list(result.keys()) == list(rcpts)
     assert is_reply(result["ok1@x.test"], "250") and is_reply(result["ok2@x.test"], "250")
     assert is_error(result["later@x.test"], SmtpTransientRelayError, "450", b"RCPT")
@@ -139,7 +142,7 @@ def test_smtp_every_recipient_refused_with_mixed_classes(aiosmtpd_server: Any) -
     # Nothing is sent, and no single error stands for all: a mapping comes back.
     server = aiosmtpd_server(reject_rcpt={"gone@x.test"}, tempfail_rcpt={"later@x.test"})
     rcpts = ("later@x.test", NON_ASCII, "gone@x.test")
-    result = attempt(smtp_relay(server.address), make_envelope(*rcpts))
+    result = attempt(smtp_relay(server.address), make_envelope(rcpts=rcpts))
     assert list(result.keys()) == list(rcpts)
     assert is_error(result["later@x.test"], SmtpTransientRelayError, "450", b"RCPT")
     assert is_error(result[NON_ASCII], SmtpPermanentRelayError, "553", b"RCPT")
@@ -153,9 +156,9 @@ def test_smtp_pipelined_next_transaction(fault_server: Any) -> None:
     server = fault_server(reject=["gone@x.test"])
     relay = smtp_relay(server.address, idle_timeout=5.0)
     envelopes = [
-        make_envelope("ok1@x.test", "gone@x.test", "ok2@x.test"),
-        make_envelope("gone@x.test", NON_ASCII, "ok3@x.test", "ok1@x.test"),
-        make_envelope(NON_ASCII, "ok2@x.test", "gone@x.test"),
+        make_envelope(rcpts=("ok1@x.test", "gone@x.test", "ok2@x.test")),
+        make_envelope(rcpts=("gone@x.test", NON_ASCII, "ok3@x.test", "ok1@x.test")),
+        make_envelope(rcpts=(NON_ASCII, "ok2@x.test", "gone@x.test")),
     ]
     try:
         with gevent.Timeout(GUARD_SECONDS, AssertionError("attempts hung")):
@@ -190,7 +193,7 @@ def test_lmtp_replies_after_data_in_envelope_order(aiosmtpd_server: Any) -> None
                            "busy@x.test": "450 4.2.0 Mailbox busy"},
     )
     rcpts = ("full@x.test", "ok@x.test", "gone@x.test", NON_ASCII, "busy@x.test", "ok@x.test")
-    result = attempt(smtp_relay(server.address, StaticLmtpRelay), make_envelope(*rcpts))
+    result = attempt(smtp_relay(server.address, StaticLmtpRelay), make_envelope(rcpts=rcpts))
     assert list(result.keys()) == unique_keys(rcpts)
     assert is_error(result["full@x.test"], SmtpPermanentRelayError, "552")
     assert is_reply(result["ok@x.test"], "250")
@@ -202,7 +205,7 @@ def test_lmtp_replies_after_data_in_envelope_order(aiosmtpd_server: Any) -> None
 def test_lmtp_dovecot_unknown_user_first(dovecot_lmtp: Any) -> None:
     rcpts = ("nobody@x.test", "alice@example.test")
     relay = smtp_relay(dovecot_lmtp.address, StaticLmtpRelay)
-    result = attempt(relay, make_envelope(*rcpts))
+    result = attempt(relay, make_envelope(rcpts=rcpts))
     assert list(result.keys()) == list(rcpts)
     assert is_error(result["nobody@x.test"], SmtpPermanentRelayError, "550", b"RCPT")
     assert is_reply(result["alice@example.test"], "250")
@@ -242,7 +245,7 @@ def test_mx_merge_across_domains_in_envelope_order(
         ehlo_as="relay.test", connect_timeout=5.0, command_timeout=5.0,
     )
     rcpts = (f"a@{one}", f"b@{two}", f"c@{one}", "nodomain", f"d@{two}", f"e@{null}", f"a@{one}")
-    result = attempt(relay, make_envelope(*rcpts))
+    result = attempt(relay, make_envelope(rcpts=rcpts))
     assert list(result.keys()) == unique_keys(rcpts)
     assert list(result) == [f"a@{one}", f"b@{two}", f"c@{one}", "nodomain", f"d@{two}", f"e@{null}"]
     assert is_reply(result[f"a@{one}"], "250")
@@ -271,7 +274,7 @@ def test_mx_whole_group_failure_keeps_positions(
         ehlo_as="relay.test", connect_timeout=5.0, command_timeout=5.0,
     )
     rcpts = (f"x@{down}", f"y@{good}", f"z@{down}")
-    result = attempt(relay, make_envelope(*rcpts))
+    result = attempt(relay, make_envelope(rcpts=rcpts))
     assert list(result.keys()) == list(rcpts)
     assert is_error(result[f"x@{down}"], TransientRelayError, "451", b"MAIL")
     assert result[f"x@{down}"] is result[f"z@{down}"]
@@ -307,7 +310,7 @@ def test_pipe_per_recipient_in_envelope_order(
     relay = PipeRelay([prog, "{recipient}"], timeout=GUARD_SECONDS)
     rcpts = ("later@x.test", "ok1@x.test", "gone@x.test", "ok2@x.test", "later@x.test")
     with gevent.Timeout(GUARD_SECONDS, AssertionError("attempt hung")):
-        result = relay.attempt(make_envelope(*rcpts), 0)
+        result = relay.attempt(make_envelope(rcpts=rcpts), 0)
     assert list(result.keys()) == unique_keys(rcpts)
     assert result["ok1@x.test"] is None and result["ok2@x.test"] is None
     later, gone = result["later@x.test"], result["gone@x.test"]
@@ -336,5 +339,5 @@ def test_pool_returns_the_clients_mapping_unchanged() -> None:
             return Client(self.queue)
 
     pool = Pool()
-    result = attempt(pool, make_envelope("z@x.test", "a@x.test"))
+    result = attempt(pool, make_envelope(rcpts=("z@x.test", "a@x.test")))
     assert result is mapping and list(result) == ["z@x.test", "a@x.test"]

@@ -16,6 +16,7 @@ from typing import Any
 import gevent
 import pytest
 from gevent.event import Event
+from support.envelopes import make_envelope
 from support.faultserver import (
     CLOSE,
     GARBAGE,
@@ -27,6 +28,7 @@ from support.faultserver import (
     Hangup,
     Split,
 )
+from support.util import GUARD_SECONDS
 
 from slimta.envelope import Envelope
 from slimta.relay import PermanentRelayError, TransientRelayError
@@ -42,20 +44,6 @@ from slimta.smtp import BadReply, ConnectionLost
 from slimta.smtp.reply import Reply
 
 pytestmark = pytest.mark.usefixtures("no_relay_leaks")
-
-#: Fails a test whose attempt does not finish; far above every timeout used here.
-GUARD_SECONDS = 10.0
-
-
-def make_envelope(
-    sender: str | None = "sender@example.test",
-    rcpts: tuple[str, ...] = ("rcpt@example.test",),
-    body: bytes = b"Hello there.\r\n",
-    headers: bytes = b"Subject: test\r\n",
-) -> Envelope:
-    env = Envelope(sender, list(rcpts))
-    env.parse(headers + b"\r\n" + body)
-    return env
 
 
 def run(address: Any, envelope: Envelope, **kwargs: Any) -> Any:

@@ -6,11 +6,14 @@ per-recipient and hostile cases use aiosmtpd in LMTP mode and the fault server.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import gevent
 import pytest
+from support import envelopes
 from support.faultserver import CLOSE, STALL, Hangup
+from support.util import GUARD_SECONDS
 
 from slimta.envelope import Envelope
 from slimta.relay.smtp import SmtpPermanentRelayError, SmtpRelayError, SmtpTransientRelayError
@@ -21,14 +24,14 @@ from slimta.smtp.reply import Reply
 
 pytestmark = pytest.mark.usefixtures("no_relay_leaks")
 
-GUARD_SECONDS = 10.0
 LMTP_EXTENSIONS = ["PIPELINING", "8BITMIME", "ENHANCEDSTATUSCODES"]
 
 
-def make_envelope(*rcpts: str, body: bytes = b"Hello LMTP.\r\n") -> Envelope:
-    env = Envelope("sender@example.test", list(rcpts))
-    env.parse(b"Subject: lmtp test\r\nMessage-Id: <1@example.test>\r\n\r\n" + body)
-    return env
+make_envelope = partial(
+    envelopes.make_envelope,
+    headers=b"Subject: lmtp test\r\nMessage-Id: <1@example.test>\r\n",
+    body=b"Hello LMTP.\r\n",
+)
 
 
 def run(host: str, port: int, envelope: Envelope, **kwargs: Any) -> Any:
@@ -66,7 +69,8 @@ def _check_delivered(dovecot: Any, user: str, result: Any, rcpt: str) -> None:
 
 
 def test_dovecot_tcp_known_and_unknown_user(dovecot_lmtp: Any) -> None:
-    result = run(*dovecot_lmtp.address, make_envelope("alice@example.test", "nobody@x.test"))
+    env = make_envelope(rcpts=("alice@example.test", "nobody@x.test"))
+    result = run(*dovecot_lmtp.address, env)
     _check_delivered(dovecot_lmtp, "alice", result, "alice@example.test")
     unknown = result["nobody@x.test"]
     assert isinstance(unknown, SmtpPermanentRelayError)
@@ -75,14 +79,15 @@ def test_dovecot_tcp_known_and_unknown_user(dovecot_lmtp: Any) -> None:
 
 
 def test_dovecot_unix_socket(dovecot_lmtp: Any) -> None:
-    result = run(dovecot_lmtp.socket_path, 0, make_envelope("bob@example.test"))
+    result = run(dovecot_lmtp.socket_path, 0, make_envelope(rcpts=("bob@example.test",)))
     _check_delivered(dovecot_lmtp, "bob", result, "bob@example.test")
     assert dovecot_lmtp.messages("alice") == []
 
 
 def test_dovecot_per_recipient_after_data(dovecot_lmtp: Any) -> None:
     # "broken" passes RCPT but its delivery fails after the data (451 4.2.0).
-    result = run(*dovecot_lmtp.address, make_envelope("alice@example.test", "broken@x.test"))
+    env = make_envelope(rcpts=("alice@example.test", "broken@x.test"))
+    result = run(*dovecot_lmtp.address, env)
     _check_delivered(dovecot_lmtp, "alice", result, "alice@example.test")
     broken = result["broken@x.test"]
     assert isinstance(broken, SmtpTransientRelayError)
@@ -91,7 +96,7 @@ def test_dovecot_per_recipient_after_data(dovecot_lmtp: Any) -> None:
 
 def test_dovecot_all_unknown_raises(dovecot_lmtp: Any) -> None:
     with pytest.raises(SmtpPermanentRelayError) as info:
-        run(*dovecot_lmtp.address, make_envelope("x@x.test", "y@x.test"))
+        run(*dovecot_lmtp.address, make_envelope(rcpts=("x@x.test", "y@x.test")))
     assert info.value.reply.code == "550" and info.value.reply.command == b"RCPT"
 
 
@@ -107,7 +112,7 @@ def test_dovecot_reuses_connection(dovecot_lmtp: Any) -> None:
     try:
         with gevent.Timeout(GUARD_SECONDS):
             for _ in range(3):
-                result = relay.attempt(make_envelope("alice@example.test"), 0)
+                result = relay.attempt(make_envelope(rcpts=("alice@example.test",)), 0)
                 assert result["alice@example.test"].code == "250"
     finally:
         relay.kill()
@@ -125,7 +130,7 @@ def test_aiosmtpd_lmtp_replies_per_recipient(aiosmtpd_server: Any) -> None:
         lmtp_data_replies={"full@x.test": "552 5.2.2 Mailbox full",
                            "busy@x.test": "450 4.2.0 Mailbox busy"},
     )
-    env = make_envelope("ok@x.test", "gone@x.test", "full@x.test", "busy@x.test")
+    env = make_envelope(rcpts=("ok@x.test", "gone@x.test", "full@x.test", "busy@x.test"))
     result = run(*server.address, env)
     assert result["ok@x.test"].code == "250"
     assert isinstance(result["gone@x.test"], SmtpPermanentRelayError)
@@ -145,7 +150,7 @@ def test_connection_lost_keeps_replies_already_received(fault_server: Any) -> No
     # D-x15: the first recipient's 250 arrived before the drop; only the rest are retried.
     server = fault_server({"DATA_END": Hangup("250 2.0.0 <a@x.test> Delivered")}, lmtp=True,
                           extensions=LMTP_EXTENSIONS)
-    result = run(*server.address, make_envelope("a@x.test", "b@x.test", "c@x.test"))
+    result = run(*server.address, make_envelope(rcpts=("a@x.test", "b@x.test", "c@x.test")))
     assert str(result["a@x.test"]) == "250 2.0.0 <a@x.test> Delivered"
     for rcpt in ("b@x.test", "c@x.test"):
         error = result[rcpt]
@@ -159,7 +164,7 @@ def test_connection_lost_keeps_replies_already_received(fault_server: Any) -> No
 def test_timeout_keeps_replies_already_received(fault_server: Any) -> None:
     server = fault_server({"DATA_END": b"250 2.0.0 first ok\r\n"}, lmtp=True,
                           extensions=LMTP_EXTENSIONS)
-    result = run(*server.address, make_envelope("a@x.test", "b@x.test"), data_timeout=0.3)
+    result = run(*server.address, make_envelope(rcpts=("a@x.test", "b@x.test")), data_timeout=0.3)
     assert str(result["a@x.test"]) == "250 2.0.0 first ok"
     error = result["b@x.test"]
     assert isinstance(error, SmtpTransientRelayError)
@@ -169,14 +174,15 @@ def test_timeout_keeps_replies_already_received(fault_server: Any) -> None:
 def test_nothing_received_raises(fault_server: Any) -> None:
     server = fault_server({"DATA_END": CLOSE}, lmtp=True, extensions=LMTP_EXTENSIONS)
     with pytest.raises(SmtpTransientRelayError) as info:
-        run(*server.address, make_envelope("a@x.test", "b@x.test"))
+        run(*server.address, make_envelope(rcpts=("a@x.test", "b@x.test")))
     assert info.value.reply.code == "421"
 
 
 def test_data_stall_times_out(fault_server: Any) -> None:
     server = fault_server({"DATA_END": STALL}, lmtp=True, extensions=LMTP_EXTENSIONS)
     with pytest.raises(SmtpTransientRelayError) as info:
-        run(*server.address, make_envelope("a@x.test"), command_timeout=60.0, data_timeout=0.3)
+        run(*server.address, make_envelope(rcpts=("a@x.test",)), command_timeout=60.0,
+            data_timeout=0.3)
     assert str(info.value.reply) == "421 4.4.2 Connection timed out"
     server.wait_closed()
 
@@ -184,7 +190,7 @@ def test_data_stall_times_out(fault_server: Any) -> None:
 def test_lhlo_refused_has_no_helo_fallback(fault_server: Any) -> None:
     server = fault_server({"LHLO": "500 5.5.1 Unknown"}, lmtp=True)
     with pytest.raises(SmtpRelayError) as info:
-        run(*server.address, make_envelope("a@x.test"))
+        run(*server.address, make_envelope(rcpts=("a@x.test",)))
     assert info.value.reply.code == "500" and info.value.reply.command == b"LHLO"
     server.wait_closed()
     assert b"HELO" not in server.sessions[0].verbs()
@@ -193,7 +199,7 @@ def test_lhlo_refused_has_no_helo_fallback(fault_server: Any) -> None:
 def test_rset_after_a_recipient_failed(fault_server: Any) -> None:
     server = fault_server({"DATA_END": "250 2.0.0 ok\r\n452 4.2.2 Over quota"}, lmtp=True,
                           extensions=LMTP_EXTENSIONS)
-    result = run(*server.address, make_envelope("a@x.test", "b@x.test"))
+    result = run(*server.address, make_envelope(rcpts=("a@x.test", "b@x.test")))
     assert result["a@x.test"].code == "250"
     assert isinstance(result["b@x.test"], SmtpTransientRelayError)
     server.wait_closed()

@@ -8,20 +8,21 @@ from __future__ import annotations
 
 import socket
 import uuid
+from functools import partial
 
 import gevent
 import pycares
 import pytest
 from gevent.socket import create_connection
+from support import envelopes
+from support.faultserver import Hangup
+from support.util import GUARD_SECONDS
 
-from slimta.envelope import Envelope
 from slimta.relay import PermanentRelayError, TransientRelayError
 from slimta.relay.smtp import SmtpPermanentRelayError
 from slimta.relay.smtp import mx as mx_module
 from slimta.relay.smtp.mx import MxRecord, MxSmtpRelay, NoDomainError, NullMxError
 from slimta.util.dns import DNSError, MxAnswer
-
-GUARD_SECONDS = 20
 
 
 def unique(prefix: str = "d") -> str:
@@ -29,10 +30,12 @@ def unique(prefix: str = "d") -> str:
     return f"{prefix}-{uuid.uuid4().hex[:10]}.test"
 
 
-def envelope(*rcpts: str, sender: str = "sender@example.com") -> Envelope:
-    env = Envelope(sender, list(rcpts))
-    env.parse(b"From: sender@example.com\r\nSubject: mx test\r\n\r\nhello\r\n")
-    return env
+make_envelope = partial(
+    envelopes.make_envelope,
+    sender="sender@example.com",
+    rcpts=(),
+    data=b"From: sender@example.com\r\nSubject: mx test\r\n\r\nhello\r\n",
+)
 
 
 class Router:
@@ -71,19 +74,6 @@ def relay_factory(dns_resolver, router):
     yield make
     for relay in made:
         relay.kill()
-
-
-def greeting_server(banner: bytes):
-    """A listening socket that greets every connection with ``banner`` and closes."""
-    from gevent.server import StreamServer
-
-    def handle(sock, _address):
-        sock.sendall(banner)
-        sock.close()
-
-    server = StreamServer(("127.0.0.1", 0), handle)
-    server.start()
-    return server
 
 
 # -- MxRecord ------------------------------------------------------------------
@@ -227,7 +217,7 @@ def test_recipients_grouped_by_domain(dns_server, smtp_sink, relay_factory, rout
     relay = relay_factory()
     rcpts = [f"a@{d1}", f"b@{d2}", f"c@{d1.upper()}"]
     with gevent.Timeout(GUARD_SECONDS):
-        result = relay.attempt(envelope(*rcpts), 0)
+        result = relay.attempt(make_envelope(rcpts=rcpts), 0)
     assert set(result) == set(rcpts)
     assert all(reply.code == "250" for reply in result.values())
     (got1,) = sink1.messages()
@@ -243,7 +233,7 @@ def test_single_domain_result_is_unchanged(dns_server, smtp_sink, relay_factory,
     sink = smtp_sink()
     router.routes = {"mx.single.test": sink.address}
     with gevent.Timeout(GUARD_SECONDS):
-        result = relay_factory().attempt(envelope(f"x@{domain}"), 0)
+        result = relay_factory().attempt(make_envelope(rcpts=(f"x@{domain}",)), 0)
     assert list(result) == [f"x@{domain}"]
     assert router.calls == [("mx.single.test", 25)]
 
@@ -252,7 +242,7 @@ def test_null_mx_fails_permanently_without_connecting(dns_server, relay_factory,
     domain = unique()
     dns_server.add_mx(domain, 0, ".")
     with gevent.Timeout(GUARD_SECONDS), pytest.raises(PermanentRelayError) as info:
-        relay_factory().attempt(envelope(f"x@{domain}"), 0)
+        relay_factory().attempt(make_envelope(rcpts=(f"x@{domain}",)), 0)
     assert info.value.reply.code == "556"
     assert info.value.reply.enhanced_status_code == "5.1.10"
     assert router.calls == []
@@ -261,7 +251,7 @@ def test_null_mx_fails_permanently_without_connecting(dns_server, relay_factory,
 def test_nxdomain_fails_permanently(dns_server, relay_factory, router):
     domain = unique()
     with gevent.Timeout(GUARD_SECONDS), pytest.raises(PermanentRelayError) as info:
-        relay_factory().attempt(envelope(f"x@{domain}"), 0)
+        relay_factory().attempt(make_envelope(rcpts=(f"x@{domain}",)), 0)
     assert str(info.value.reply) == f"550 5.1.2 No usable DNS records found: {domain}"
     assert router.calls == []
 
@@ -270,7 +260,7 @@ def test_servfail_fails_transiently(dns_server, relay_factory):
     domain = unique()
     dns_server.set_rcode(domain, "SERVFAIL")
     with gevent.Timeout(GUARD_SECONDS), pytest.raises(TransientRelayError) as info:
-        relay_factory().attempt(envelope(f"x@{domain}"), 0)
+        relay_factory().attempt(make_envelope(rcpts=(f"x@{domain}",)), 0)
     assert str(info.value.reply) == "451 4.4.3 DNS lookup failed"
 
 
@@ -278,23 +268,22 @@ def test_dns_timeout_fails_transiently(dns_server, relay_factory):
     domain = unique()
     dns_server.drop(domain)
     with gevent.Timeout(GUARD_SECONDS), pytest.raises(TransientRelayError) as info:
-        relay_factory().attempt(envelope(f"x@{domain}"), 0)
+        relay_factory().attempt(make_envelope(rcpts=(f"x@{domain}",)), 0)
     assert info.value.reply.code == "451"
 
 
-def test_falls_back_to_next_mx_within_one_attempt(dns_server, smtp_sink, relay_factory, router):
+def test_falls_back_to_next_mx_within_one_attempt(
+    dns_server, smtp_sink, relay_factory, router, fault_server
+):
     domain = unique()
     dns_server.add_mx(domain, 10, "down.test")
     dns_server.add_mx(domain, 20, "busy.test")
     dns_server.add_mx(domain, 30, "good.test")
-    busy = greeting_server(b"421 4.3.2 busy, try later\r\n")
+    busy = fault_server({"BANNER": Hangup("421 4.3.2 busy, try later")})
     sink = smtp_sink()
-    try:
-        router.routes = {"busy.test": busy.address, "good.test": sink.address}
-        with gevent.Timeout(GUARD_SECONDS):
-            result = relay_factory().attempt(envelope(f"x@{domain}"), 0)
-    finally:
-        busy.stop()
+    router.routes = {"busy.test": busy.address, "good.test": sink.address}
+    with gevent.Timeout(GUARD_SECONDS):
+        result = relay_factory().attempt(make_envelope(rcpts=(f"x@{domain}",)), 0)
     assert result[f"x@{domain}"].code == "250"
     assert [host for host, _ in router.calls] == ["down.test", "busy.test", "good.test"]
     assert len(sink.messages()) == 1
@@ -307,7 +296,7 @@ def test_no_fallback_once_the_transaction_started(dns_server, smtp_sink, relay_f
     failing, good = smtp_sink("-r", "MAIL"), smtp_sink()
     router.routes = {"first.test": failing.address, "second.test": good.address}
     with gevent.Timeout(GUARD_SECONDS), pytest.raises(TransientRelayError) as info:
-        relay_factory().attempt(envelope(f"x@{domain}"), 0)
+        relay_factory().attempt(make_envelope(rcpts=(f"x@{domain}",)), 0)
     assert info.value.reply.command == b"MAIL"
     assert [host for host, _ in router.calls] == ["first.test"]
     assert good.messages() == []
@@ -318,7 +307,7 @@ def test_max_mx_hosts_limits_fallback(dns_server, relay_factory, router):
     for i in range(6):
         dns_server.add_mx(domain, i, f"h{i}.test")
     with gevent.Timeout(GUARD_SECONDS), pytest.raises(TransientRelayError) as info:
-        relay_factory(max_mx_hosts=3).attempt(envelope(f"x@{domain}"), 0)
+        relay_factory(max_mx_hosts=3).attempt(make_envelope(rcpts=(f"x@{domain}",)), 0)
     assert info.value.reply.command == b"[CONNECT]"
     assert [host for host, _ in router.calls] == ["h0.test", "h1.test", "h2.test"]
 
@@ -331,7 +320,7 @@ def test_choose_mx_rotates_with_attempts(dns_server, relay_factory, router):
     with gevent.Timeout(GUARD_SECONDS):
         for attempts in range(3):
             with pytest.raises(TransientRelayError):
-                relay.attempt(envelope(f"x@{domain}"), attempts)
+                relay.attempt(make_envelope(rcpts=(f"x@{domain}",)), attempts)
     assert [host for host, _ in router.calls] == ["a.test", "b.test", "a.test"]
 
 
@@ -342,7 +331,7 @@ def test_force_mx_skips_dns(dns_server, smtp_sink, relay_factory, router):
     relay = relay_factory()
     relay.force_mx(domain.upper(), "forced.test", 2525)
     with gevent.Timeout(GUARD_SECONDS):
-        result = relay.attempt(envelope(f"x@{domain}"), 0)
+        result = relay.attempt(make_envelope(rcpts=(f"x@{domain}",)), 0)
     assert result[f"x@{domain}"].code == "250"
     assert router.calls == [("forced.test", 2525)]
     assert dns_server.queries(domain, "MX") == 0
@@ -356,9 +345,9 @@ def test_recipient_without_domain(dns_server, smtp_sink, relay_factory, router):
     relay = relay_factory()
     with gevent.Timeout(GUARD_SECONDS):
         with pytest.raises(NoDomainError) as info:
-            relay.attempt(envelope("nodomain"), 0)
+            relay.attempt(make_envelope(rcpts=("nodomain",)), 0)
         assert str(info.value.reply) == "550 5.1.5 Recipient address has no domain: nodomain"
-        result = relay.attempt(envelope("nodomain", f"ok@{domain}"), 0)
+        result = relay.attempt(make_envelope(rcpts=("nodomain", f"ok@{domain}")), 0)
     assert isinstance(result["nodomain"], NoDomainError)
     assert result[f"ok@{domain}"].code == "250"
     assert sink.messages()[0].rcpt_to == [f"ok@{domain}"]
@@ -371,7 +360,7 @@ def test_mixed_outcomes_merge_per_recipient(dns_server, smtp_sink, relay_factory
     sink = smtp_sink()
     router.routes = {"mx.good.test": sink.address}
     with gevent.Timeout(GUARD_SECONDS):
-        result = relay_factory().attempt(envelope(f"a@{good}", f"b@{bad}"), 0)
+        result = relay_factory().attempt(make_envelope(rcpts=(f"a@{good}", f"b@{bad}")), 0)
     assert result[f"a@{good}"].code == "250"
     assert isinstance(result[f"b@{bad}"], PermanentRelayError)
     assert result[f"b@{bad}"].reply.code == "556"
@@ -383,15 +372,15 @@ def test_rcpt_rejection_is_per_recipient(dns_server, smtp_sink, relay_factory, r
     sink = smtp_sink("-f", "RCPT")
     router.routes = {"mx.rej.test": sink.address}
     with gevent.Timeout(GUARD_SECONDS), pytest.raises(SmtpPermanentRelayError) as info:
-        relay_factory().attempt(envelope(f"x@{domain}"), 0)
+        relay_factory().attempt(make_envelope(rcpts=(f"x@{domain}",)), 0)
     assert info.value.reply.command == b"RCPT"
 
 
 def test_address_literal_goes_to_that_address(relay_factory, router, dns_server):
     with gevent.Timeout(GUARD_SECONDS), pytest.raises(TransientRelayError):
-        relay_factory().attempt(envelope("x@[192.0.2.1]"), 0)
+        relay_factory().attempt(make_envelope(rcpts=("x@[192.0.2.1]",)), 0)
     with gevent.Timeout(GUARD_SECONDS), pytest.raises(TransientRelayError):
-        relay_factory().attempt(envelope("x@[IPv6:2001:db8::1]"), 0)
+        relay_factory().attempt(make_envelope(rcpts=("x@[IPv6:2001:db8::1]",)), 0)
     assert router.calls == [("192.0.2.1", 25), ("2001:db8::1", 25)]
 
 
@@ -404,7 +393,7 @@ def test_idn_domain_is_looked_up_as_a_label(dns_server, smtp_sink, relay_factory
     # Routing uses the A-label; smtp-sink has no SMTPUTF8, so the U-label address
     # itself is refused by the client before any RCPT is sent (553 5.6.7).
     with gevent.Timeout(GUARD_SECONDS), pytest.raises(SmtpPermanentRelayError) as info:
-        relay.attempt(envelope(f"x@bücher-{label}.test"), 0)
+        relay.attempt(make_envelope(rcpts=(f"x@bücher-{label}.test",)), 0)
     assert info.value.reply.code == "553"
     assert info.value.reply.enhanced_status_code == "5.6.7"
     assert router.calls == [("mx.idn.test", 25)]
@@ -418,7 +407,8 @@ def test_burst_to_uncached_domain_makes_one_lookup(dns_server, smtp_sink, relay_
     router.routes = {"mx.burst.test": sink.address}
     relay = relay_factory(pool_size=5, idle_timeout=5.0)
     with gevent.Timeout(GUARD_SECONDS * 2):
-        jobs = [gevent.spawn(relay.attempt, envelope(f"r{i}@{domain}"), 0) for i in range(50)]
+        envs = [make_envelope(rcpts=(f"r{i}@{domain}",)) for i in range(50)]
+        jobs = [gevent.spawn(relay.attempt, env, 0) for env in envs]
         gevent.joinall(jobs, raise_error=True)
     assert dns_server.queries(domain, "MX") <= 2
     assert len(sink.messages()) == 50
@@ -442,7 +432,7 @@ def test_relay_cache_is_bounded_and_evictees_are_killed(dns_server, relay_factor
     for i in range(3):
         domain = f"d{i}-{uuid.uuid4().hex[:6]}.test"
         relay.force_mx(domain, f"h{i}.test")
-        relay.attempt(envelope(f"x@{domain}"), 0)
+        relay.attempt(make_envelope(rcpts=(f"x@{domain}",)), 0)
     assert killed == ["h0.test"]
     relay.kill()
     assert sorted(killed) == ["h0.test", "h1.test", "h2.test"]

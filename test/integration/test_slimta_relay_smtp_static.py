@@ -8,8 +8,9 @@ from typing import Any
 
 import gevent
 import pytest
+from support.envelopes import make_envelope
+from support.util import GUARD_SECONDS
 
-from slimta.envelope import Envelope
 from slimta.relay.pool import RelayPool
 from slimta.relay.smtp.client import SmtpRelayClient
 from slimta.relay.smtp.lmtpclient import LmtpRelayClient
@@ -17,14 +18,6 @@ from slimta.relay.smtp.static import StaticLmtpRelay, StaticSmtpRelay
 from slimta.smtp.reply import Reply
 
 pytestmark = pytest.mark.usefixtures("no_relay_leaks")
-
-GUARD_SECONDS = 10.0
-
-
-def make_envelope(rcpt: str = "rcpt@example.test") -> Envelope:
-    env = Envelope("sender@example.test", [rcpt])
-    env.parse(b"Subject: static\r\n\r\n" + b"x" * 100 + b"\r\n")
-    return env
 
 
 class _Custom(SmtpRelayClient):
@@ -74,7 +67,7 @@ def test_pool_size_bounds_connections(fault_server: Any) -> None:
                             idle_timeout=30.0)
     try:
         with gevent.Timeout(GUARD_SECONDS):
-            jobs = [gevent.spawn(relay.attempt, make_envelope(f"r{n}@x.test"), 0)
+            jobs = [gevent.spawn(relay.attempt, make_envelope(rcpts=(f"r{n}@x.test",)), 0)
                     for n in range(8)]
             gevent.joinall(jobs, raise_error=True)
             assert len(relay.pool) <= 2
@@ -92,7 +85,7 @@ def test_no_reuse_means_one_connection_per_message(fault_server: Any) -> None:
     try:
         with gevent.Timeout(GUARD_SECONDS):
             for n in range(3):
-                relay.attempt(make_envelope(f"r{n}@x.test"), 0)
+                relay.attempt(make_envelope(rcpts=(f"r{n}@x.test",)), 0)
             server.wait_closed()
     finally:
         relay.kill()
@@ -119,7 +112,7 @@ def test_sink_pool_with_reuse(smtp_sink: Any) -> None:
     relay = StaticSmtpRelay(*sink.address, pool_size=5, ehlo_as="relay.test", idle_timeout=30)
     try:
         with gevent.Timeout(GUARD_SECONDS):
-            jobs = [gevent.spawn(relay.attempt, make_envelope(f"r{n}@x.test"), 0)
+            jobs = [gevent.spawn(relay.attempt, make_envelope(rcpts=(f"r{n}@x.test",)), 0)
                     for n in range(25)]
             gevent.joinall(jobs, raise_error=True)
     finally:

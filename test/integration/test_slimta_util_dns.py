@@ -12,6 +12,7 @@ import pycares.errno
 import pytest
 from gevent.event import AsyncResult, Event
 from support.dns_server import RESOLVER_TIMEOUT_SECONDS, DnsTestServer
+from support.util import GUARD_SECONDS
 
 import slimta.util.dns as dns_module
 from slimta.util.dns import (
@@ -26,8 +27,6 @@ from slimta.util.dns import (
 )
 
 PYCARES5 = not hasattr(pycares.Channel, "getsock")
-#: Fails a test that would otherwise hang; never used to wait for something.
-GUARD_SECONDS = 5.0
 #: A dropped query must fail within the resolver's timeout (one try) plus slack.
 TIMEOUT_GUARD_SECONDS = RESOLVER_TIMEOUT_SECONDS * 4
 

@@ -7,12 +7,11 @@ from typing import Any
 import gevent
 import pytest
 from gevent.pool import Pool
+from support.util import GUARD_SECONDS
 
 from slimta.edge.smtp import SmtpValidators
 from slimta.smtp.reply import Reply
 from slimta.util.dnsbl import DnsBlocklist, DnsBlocklistGroup, check_dnsbl
-
-GUARD_SECONDS = 10.0
 
 
 @pytest.fixture

@@ -6,10 +6,9 @@ from typing import Any
 
 import gevent
 import gevent.socket
+from support.util import GUARD_SECONDS
 
 from slimta.util.ptrlookup import PtrLookup
-
-GUARD_SECONDS = 10.0
 
 
 def test_ipv4_ptr(dns_server: Any, dns_resolver: Any) -> None:

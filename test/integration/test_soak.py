@@ -41,11 +41,11 @@ from support.faultserver import (
     OVERSIZED_LINE,
     RESET,
     STALL,
+    FaultServer,
     Hangup,
     Split,
 )
 from support.reliability import (
-    NoDelayFaultServer,
     assert_no_leaks,
     make_envelope,
     resources,
@@ -121,7 +121,7 @@ def _scripts(rng: random.Random, count: int) -> tuple[list[dict[str, Any]], int]
     return scripts, faulty
 
 
-class SoakServer(NoDelayFaultServer):
+class SoakServer(FaultServer):
     """Logs, per message, whether it wrote the final 2xx; keeps no message data."""
 
     def __init__(self, messages: int, *args: Any, **kwargs: Any) -> None:
@@ -187,7 +187,7 @@ def test_soak_reconciles_with_the_server_log() -> None:
     rng = random.Random(SEED)
     scripts, faulty_sessions = _scripts(rng, MESSAGES + 100)
     server = SoakServer(MESSAGES, sessions=scripts,
-                        extensions=["PIPELINING", "8BITMIME", "SIZE 10000000"])
+                        extensions=["PIPELINING", "8BITMIME", "SIZE 10000000"], nodelay=True)
     server.start()
     started = time.monotonic()
     before = resources(collect=True)

@@ -6,15 +6,25 @@ a step to what the server does instead of its normal answer:
 
 * steps: ``'BANNER'``, every command verb (``'EHLO'``, ``'LHLO'``, ``'STARTTLS'``,
   ``'AUTH'``, ``'MAIL'``, ``'RCPT'``, ``'DATA'``, ``'RSET'``, ``'QUIT'``...),
+  ``'DATA_BODY'`` (after the 354, once the first message bytes arrived),
   ``'DATA_END'`` (after the ``.`` that ends a message) and ``'IDLE'`` (right after
   the reply to ``DATA_END``, before the next command is read);
 * actions: a ``str`` reply (CRLF appended; use ``\\r\\n`` inside for multi-line), raw
   ``bytes`` written as they are, :data:`CLOSE`, :data:`RESET`, :data:`STALL`,
-  :data:`GARBAGE`, :data:`OVERSIZED_LINE`, :data:`OVERSIZED_REPLY`, :class:`Split`, :class:`Hangup`,
-  ``None`` (the normal answer), or a list of these used one per occurrence within a
-  session (then the normal answer again);
+  :data:`GARBAGE`, :data:`OVERSIZED_LINE`, :data:`OVERSIZED_REPLY`, :class:`Split`,
+  :class:`Hangup`, :class:`Hold`, ``None`` (the normal answer), or a list of these used
+  one per occurrence within a session (then the normal answer again);
 * ``sessions=[script0, script1, ...]`` gives each connection its own script, for
   tests where the first connection misbehaves and the next one must work.
+
+At ``'DATA_BODY'`` a ``str`` reply is an early refusal: it is written while the
+client is still sending, the rest of the message is read and dropped, and the
+session goes on. :data:`STALL` there stops reading altogether (the client's
+writes block) until :attr:`FaultServer.release` is set or the server stops.
+
+The server listens on TCP (or a unix socket) once :meth:`FaultServer.start` is
+called. Without starting it, :meth:`FaultServer.socket_creator` serves each
+connection over a socketpair instead, for tests that need no listening socket.
 
 After :data:`STALL`, :data:`GARBAGE`, :data:`OVERSIZED_LINE` and
 :data:`OVERSIZED_REPLY` the server only reads (and drops) until the client closes,
@@ -45,6 +55,7 @@ __all__ = [
     "OVERSIZED_REPLY",
     "Split",
     "Hangup",
+    "Hold",
     "FaultServer",
     "fault_server",
     "no_relay_leaks",
@@ -91,7 +102,20 @@ class Hangup:
     reply: str
 
 
-Action = Union[str, bytes, _Fault, Split, Hangup, None]
+@dataclass(frozen=True)
+class Hold:
+    """Write ``reply`` (plus CRLF) only once the client's next ``MAIL`` arrived.
+
+    For pipelining tests: a client that chains its next transaction sends ``MAIL``
+    before it reads this reply. The server waits at most ``seconds`` and records
+    whether the ``MAIL`` came in :attr:`Session.holds`.
+    """
+
+    reply: str
+    seconds: float = 3.0
+
+
+Action = Union[str, bytes, _Fault, Split, Hangup, Hold, None]
 Script = dict[str, Union[Action, Sequence[Action]]]
 
 
@@ -110,6 +134,8 @@ class Session:
     tls: bool = False
     #: Set when the server is done with the connection (client closed, or the server did).
     closed: Event = field(default_factory=Event)
+    #: For each :class:`Hold` performed: whether the next ``MAIL`` arrived in time.
+    holds: list[bool] = field(default_factory=list)
 
     def verbs(self) -> list[bytes]:
         """The command verbs, upper-cased, in order."""
@@ -121,8 +147,9 @@ class _Hangup(Exception):
 
 
 class _Conn:
-    def __init__(self, sock: Any) -> None:
+    def __init__(self, sock: Any, session: Session) -> None:
         self.sock = sock
+        self.session = session
         self.buf = bytearray()
 
     def recv_more(self) -> None:
@@ -147,6 +174,14 @@ class _Conn:
                 return out
             start = max(0, len(self.buf) - len(marker) + 1)
             self.recv_more()
+
+    def wait_for(self, marker: bytes, seconds: float) -> bool:
+        """Read until ``marker`` is buffered; False if ``seconds`` pass first."""
+        with gevent.Timeout(seconds, False):
+            while marker not in self.buf:
+                self.recv_more()
+            return True
+        return False
 
     def send(self, data: bytes) -> None:
         try:
@@ -177,6 +212,10 @@ class FaultServer:
         ``extensions``) and, with ``implicit_tls``, TLS on connect.
     :param reject: recipients refused at RCPT with ``550 5.1.1``.
     :param unix_path: listen on this unix socket instead of TCP.
+    :param nodelay: turn Nagle's algorithm off on every accepted TCP connection.
+        The server answers pipelined commands with one small write each; with
+        Nagle on, the second write waits for the client's delayed ACK (40 ms on
+        Linux), which is pure waiting in a test that runs thousands of transactions.
     """
 
     def __init__(
@@ -190,6 +229,7 @@ class FaultServer:
         implicit_tls: bool = False,
         reject: Sequence[str] = (),
         unix_path: str | None = None,
+        nodelay: bool = False,
     ) -> None:
         self.script = dict(script or {})
         self.session_scripts = [dict(s) for s in sessions]
@@ -200,28 +240,54 @@ class FaultServer:
         self.reject = {r.lower() for r in reject}
         self.sessions: list[Session] = []
         self.unix_path = unix_path
-        listener: Any = ("127.0.0.1", 0)
-        if unix_path is not None:
-            listener = gevent.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            listener.bind(unix_path)
-            listener.listen(16)
-        self._server = StreamServer(listener, self._handle)
-        self._stopping = Event()
+        self.nodelay = nodelay
+        #: Set to let every :data:`STALL` at ``'DATA_BODY'`` go (stopping sets it too).
+        self.release = Event()
+        #: Set once a first message was read completely, on any connection.
+        self.message_seen = Event()
+        self._server: StreamServer | None = None
+        self._peers: list[gevent.Greenlet] = []
 
     @property
     def address(self) -> tuple[str, int]:
-        """``('127.0.0.1', port)``, or ``(unix_path, 0)``."""
+        """``('127.0.0.1', port)``, or ``(unix_path, 0)``, once started."""
         if self.unix_path is not None:
             return self.unix_path, 0
+        assert self._server is not None, "the server was not started"
         return "127.0.0.1", int(self._server.server_port)
 
     def start(self) -> FaultServer:
+        """Listen (TCP on ``127.0.0.1``, or ``unix_path``) and serve every connection."""
+        listener: Any = ("127.0.0.1", 0)
+        if self.unix_path is not None:
+            listener = gevent.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            listener.bind(self.unix_path)
+            listener.listen(16)
+        self._server = StreamServer(listener, self._handle)
         self._server.start()
         return self
 
+    def socket_creator(self, address: Any) -> Any:
+        """A relay's ``socket_creator``: serve this connection over a socketpair.
+
+        The returned socket is the client's end; the server runs its script on the
+        other end in a greenlet that :meth:`stop` ends. ``address`` is ignored.
+        """
+        client_end, server_end = gevent.socket.socketpair()
+        self._peers.append(gevent.spawn(self._handle, server_end, address))
+        return client_end
+
     def stop(self) -> None:
-        self._stopping.set()
-        self._server.stop(timeout=2)
+        """Stop listening and end every session still running."""
+        self.release.set()
+        if self._server is not None:
+            self._server.stop(timeout=2)
+        gevent.killall(self._peers, timeout=2)
+
+    @property
+    def messages(self) -> list[bytes]:
+        """Every message received (dot-stuffing undone), over all sessions, in order."""
+        return [message for session in self.sessions for message in session.messages]
 
     def wait_closed(self, count: int | None = None, timeout: float = 5.0) -> None:
         """Wait until ``count`` sessions (default: all so far) were closed by either side."""
@@ -231,6 +297,8 @@ class FaultServer:
 
     # -- connection handling -------------------------------------------------------
     def _handle(self, sock: Any, _address: Any) -> None:
+        if self.nodelay and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         session = Session(len(self.sessions))
         self.sessions.append(session)
         script = (
@@ -239,7 +307,7 @@ class FaultServer:
             else self.script
         )
         used: dict[str, int] = {}
-        conn = _Conn(sock)
+        conn = _Conn(sock, session)
         try:
             if self.implicit_tls and self.tls_context is not None:
                 conn.sock = self.tls_context.wrap_socket(sock, server_side=True)
@@ -274,6 +342,9 @@ class FaultServer:
         elif isinstance(action, Hangup):
             conn.send(action.reply.encode("utf-8") + b"\r\n")
             raise _Hangup()
+        elif isinstance(action, Hold):
+            conn.session.holds.append(conn.wait_for(b"MAIL FROM", action.seconds))
+            conn.send(action.reply.encode("utf-8") + b"\r\n")
         elif action is CLOSE:
             raise _Hangup()
         elif action is RESET:
@@ -288,6 +359,18 @@ class FaultServer:
             if action in _DRAIN_AFTER:
                 conn.drain()
                 raise _Hangup()
+
+    def _data_body(self, conn: _Conn, action: Action) -> bool:
+        """Perform the ``'DATA_BODY'`` action; True after an early refusal."""
+        if action is None:
+            return False
+        if not conn.buf:
+            conn.recv_more()  # some message bytes are in flight
+        if action is STALL:
+            self.release.wait()  # read nothing more: the client's writes block
+            raise _Hangup()
+        self._perform(conn, action, lambda: None)
+        return True
 
     def _serve(self, conn: _Conn, session: Session, script: Script, used: dict[str, int]) -> None:
         def reply(text: str) -> Callable[[], None]:
@@ -334,14 +417,19 @@ class FaultServer:
                 self._perform(conn, action, reply("354 End data with <CR><LF>.<CR><LF>"))
                 if action is not None and not (isinstance(action, str) and action[:3] == "354"):
                     continue
+                refused = self._data_body(conn, self._action(script, used, "DATA_BODY"))
                 raw = b""
                 while not (raw == b".\r\n" or raw.endswith(b"\r\n.\r\n")):
                     raw += conn.read_until(b"\n")
+                if refused:  # the early reply was the final one; the session goes on
+                    sender, rcpts = None, []
+                    continue
                 session.raw_data.append(raw)
                 data_lines = raw[:-3].split(b"\r\n")
                 session.messages.append(
                     b"\r\n".join(x[1:] if x.startswith(b".") else x for x in data_lines)
                 )
+                self.message_seen.set()
                 end = self._action(script, used, "DATA_END")
                 if self.lmtp:
                     count = len(rcpts)

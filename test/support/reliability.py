@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import gc
 import os
-import socket
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -31,10 +30,11 @@ from gevent.threadpool import _WorkerGreenlet as _ThreadPoolWorker
 
 from slimta.envelope import Envelope
 from slimta.relay import PermanentRelayError, RelayError, TransientRelayError
+from support.envelopes import make_envelope
 from support.faultserver import FaultServer, Script
+from support.util import GUARD_SECONDS
 
 __all__ = [
-    "NoDelayFaultServer",
     "fast_fault_server",
     "GUARD_SECONDS",
     "SLACK_SECONDS",
@@ -48,23 +48,10 @@ __all__ = [
     "timed_attempt",
 ]
 
-#: Fails a test whose attempt does not finish at all; far above every timeout used.
-GUARD_SECONDS = 15.0
 #: Scheduling allowance on top of a configured timeout (a loaded 2-core CI box).
 SLACK_SECONDS = 1.5
 #: How long resources may take to return to their baseline once everything is done.
 SETTLE_SECONDS = 5.0
-
-
-def make_envelope(
-    sender: str | None = "sender@example.test",
-    rcpts: tuple[str, ...] | list[str] = ("rcpt@example.test",),
-    body: bytes = b"Hello there.\r\n",
-    headers: bytes = b"Subject: reliability\r\n",
-) -> Envelope:
-    env = Envelope(sender, list(rcpts))
-    env.parse(headers + b"\r\n" + body)
-    return env
 
 
 @dataclass(frozen=True)
@@ -192,30 +179,16 @@ def assert_relay_error(
     return error
 
 
-class NoDelayFaultServer(FaultServer):
-    """The fault server with Nagle's algorithm off on every accepted connection.
-
-    The fault server answers pipelined commands with one small write each; with
-    Nagle on, the second write waits for the client's delayed ACK (40 ms on Linux),
-    which is pure waiting in a test that runs thousands of transactions.
-    """
-
-    def _handle(self, sock: Any, address: Any) -> None:
-        if sock.family in (socket.AF_INET, socket.AF_INET6):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        super()._handle(sock, address)
-
-
 @pytest.fixture
 def fast_fault_server() -> Iterator[Callable[..., FaultServer]]:
-    """Like ``fault_server``, but the servers are :class:`NoDelayFaultServer` instances.
+    """Like ``fault_server``, but the servers turn Nagle's algorithm off (``nodelay=True``).
 
     Import it into a test module to use it.
     """
     started: list[FaultServer] = []
 
     def start(script: Script | None = None, **options: Any) -> FaultServer:
-        server = NoDelayFaultServer(script, **options).start()
+        server = FaultServer(script, nodelay=True, **options).start()
         started.append(server)
         return server
 

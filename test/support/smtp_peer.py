@@ -17,11 +17,12 @@ import gevent.socket
 import gevent.ssl
 
 from slimta.smtp.client import Client
+from support.util import GUARD_SECONDS
 
 __all__ = ["GUARD_TIMEOUT", "PEER_ADDRESS", "Peer", "connected"]
 
-#: Seconds any single wait may take before the test fails.
-GUARD_TIMEOUT = 5.0
+#: Seconds any single wait may take before the test fails (the suite's one guard time).
+GUARD_TIMEOUT = GUARD_SECONDS
 #: The address handed to the client: the TLS server name for certificate checks.
 PEER_ADDRESS = ("localhost", 25)
 

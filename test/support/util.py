@@ -17,6 +17,16 @@ import pytest
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
+#: The one guard time of the suite, in seconds: how long a single blocking step
+#: (a relay attempt, a reply, a server start, a child process) may take before the
+#: test fails instead of hanging. A guard only turns a hang into a failure: a
+#: passing test never waits it out, and no outcome is asserted against it, so it is
+#: generous. It covers the slowest single step in the suite (a delivery through a
+#: real daemon such as Postfix or Dovecot) on a shared 2-core machine running
+#: several suites at once. A step that genuinely takes longer (spamd loading its
+#: rules) uses a documented multiple of it.
+GUARD_SECONDS = 20.0
+
 #: Extra places Debian installs the daemons we drive.
 SEARCH_PATH = os.pathsep.join(
     [os.environ.get("PATH", ""), "/usr/sbin", "/usr/lib/dovecot", "/usr/bin"]

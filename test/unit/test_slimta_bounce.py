@@ -5,8 +5,10 @@ from __future__ import annotations
 import email
 import email.policy
 from email.message import Message
+from functools import partial
 
 import pytest
+from support import envelopes
 
 from slimta.bounce import Bounce
 from slimta.envelope import Envelope
@@ -30,13 +32,15 @@ ORIGINAL = (
 )
 
 
-def make_env(*rcpts: str) -> Envelope:
-    env = Envelope("jorg@src.test", list(rcpts) or ["rcpt@dst.test"])
-    env.parse(ORIGINAL)
-    env.timestamp = 1_700_000_000.0
-    env.client = {"name": "client.src.test", "ip": "192.0.2.7", "protocol": "ESMTPS"}
-    env.receiver = "mx.relay.test"
-    return env
+make_envelope = partial(
+    envelopes.make_envelope,
+    sender="jorg@src.test",
+    rcpts=("rcpt@dst.test",),
+    data=ORIGINAL,
+    timestamp=1_700_000_000.0,
+    client={"name": "client.src.test", "ip": "192.0.2.7", "protocol": "ESMTPS"},
+    receiver="mx.relay.test",
+)
 
 
 def reply_550() -> Reply:
@@ -75,7 +79,7 @@ def status_blocks(bounce: Bounce) -> list[dict[str, str]]:
 
 
 def test_envelope_of_the_bounce() -> None:
-    env = make_env()
+    env = make_envelope()
     bounce = Bounce(env, reply_550())
     assert isinstance(bounce, Envelope)
     assert bounce.sender == "" and bounce.recipients == ["jorg@src.test"]
@@ -88,7 +92,7 @@ def test_envelope_of_the_bounce() -> None:
 
 
 def test_report_structure_and_per_recipient_fields() -> None:
-    bounce = Bounce(make_env("rcpt@dst.test", "other@dst.test"), reply_550())
+    bounce = Bounce(make_envelope(rcpts=("rcpt@dst.test", "other@dst.test")), reply_550())
     text, status, original = parts(bounce)
     assert text.get_content_type() == "text/plain"
     notice = text.get_payload(decode=True)
@@ -114,7 +118,7 @@ def test_report_structure_and_per_recipient_fields() -> None:
 
 
 def test_the_original_message_is_embedded_byte_for_byte() -> None:
-    env = make_env()
+    env = make_envelope()
     header, body = env.flatten()
     raw = bounce_bytes(Bounce(env, reply_550()))
     start = raw.index(b"Content-Type: message/rfc822")
@@ -126,7 +130,7 @@ def test_the_original_message_is_embedded_byte_for_byte() -> None:
 
 
 def test_headers_only() -> None:
-    env = make_env()
+    env = make_envelope()
     raw = bounce_bytes(Bounce(env, reply_550(), headers_only=True))
     assert b"Content-Type: text/rfc822-headers" in raw
     assert env.flatten()[0] in raw
@@ -136,7 +140,7 @@ def test_headers_only() -> None:
 def test_status_without_enhanced_code_and_without_address() -> None:
     reply = Reply("450", "Mailbox busy")
     reply.enhanced_status_code = False
-    bounce = Bounce(make_env(), reply)
+    bounce = Bounce(make_envelope(), reply)
     block = status_blocks(bounce)[1]
     assert block["Status"] == "4.0.0"
     assert "Remote-MTA" not in block
@@ -144,7 +148,7 @@ def test_status_without_enhanced_code_and_without_address() -> None:
 
 
 def test_no_header_injection_through_reply_or_addresses() -> None:
-    env = make_env("evil@dst.test\r\nBcc: victim@x.test")
+    env = make_envelope(rcpts=("evil@dst.test\r\nBcc: victim@x.test",))
     reply = Reply("550", "5.0.0 bad\r\nX-Injected: yes")
     raw = bounce_bytes(Bounce(env, reply))
     assert b"\r\nX-Injected" not in raw and b"\r\nBcc:" not in raw
@@ -152,7 +156,7 @@ def test_no_header_injection_through_reply_or_addresses() -> None:
 
 
 def test_utf8_recipient_uses_the_utf8_address_type() -> None:
-    bounce = Bounce(make_env("jürgen@dst.test"), reply_550())
+    bounce = Bounce(make_envelope(rcpts=("jürgen@dst.test",)), reply_550())
     assert status_blocks(bounce)[1]["Final-Recipient"] == "utf-8; jürgen@dst.test"
 
 
@@ -180,7 +184,7 @@ class CustomBounce(Bounce):
 
 
 def test_subclass_attributes_and_templates() -> None:
-    bounce = CustomBounce(make_env("a@dst.test", "b@dst.test"), reply_550())
+    bounce = CustomBounce(make_envelope(rcpts=("a@dst.test", "b@dst.test")), reply_550())
     raw = bounce_bytes(bounce)
     assert bounce.sender == "postmaster@relay.test"
     assert bounce.client["name"] == "custom" and bounce.receiver == "bounces.relay.test"
@@ -200,13 +204,13 @@ def test_template_objects_with_a_format_method() -> None:
         header_template = FormatObject()
         footer_template = b""
 
-    raw = bounce_bytes(ObjectBounce(make_env(), reply_550()))
+    raw = bounce_bytes(ObjectBounce(make_envelope(), reply_550()))
     assert raw.startswith(b"Subject: object 550\r\n\r\n")
 
 
 @pytest.mark.parametrize("headers_only", [False, True])
 def test_bounce_of_a_bounce_shape(headers_only: bool) -> None:
-    first = Bounce(make_env(), reply_550())
+    first = Bounce(make_envelope(), reply_550())
     first.sender = "someone@src.test"  # pretend it had a sender, to bounce it
     second = Bounce(first, reply_550(), headers_only)
     assert bounce_bytes(first).split(b"\r\n\r\n", 1)[0] in bounce_bytes(second)

@@ -6,11 +6,13 @@ from __future__ import annotations
 import copy
 import itertools
 from collections.abc import Iterator
+from functools import partial
 from typing import Any
 
 import gevent
 import pytest
 from gevent.event import Event
+from support import envelopes
 from support.smtp_edge import cooperative_wait
 
 from slimta.cloudstorage import CloudStorage, CloudStorageError
@@ -82,16 +84,13 @@ class MemoryMessageQueue:
         self.wake.clear()
 
 
-def envelope(*rcpts: str) -> Envelope:
-    env = Envelope("sender@example.test", list(rcpts))
-    env.parse(b"Subject: cloud\r\n\r\nbody\r\n")
-    return env
+make_envelope = partial(envelopes.make_envelope, rcpts=(), data=b"Subject: cloud\r\n\r\nbody\r\n")
 
 
 def test_write_get_meta_and_remove() -> None:
     store, mq = MemoryObjectStore(), MemoryMessageQueue()
     storage = CloudStorage(store, mq)
-    id = storage.write(envelope("a@x.test"), 1000.0)
+    id = storage.write(make_envelope(rcpts=("a@x.test",)), 1000.0)
     assert mq.messages == [(1000.0, id, 100)]
     assert list(storage.load()) == [(1000.0, id)]
     storage.set_timestamp(id, 2000.0)
@@ -110,7 +109,7 @@ def test_write_get_meta_and_remove() -> None:
 
 def test_partial_deliveries_mark_the_right_recipients() -> None:
     storage = CloudStorage(MemoryObjectStore())
-    id = storage.write(envelope("a@x", "b@x", "c@x", "d@x", "e@x"), 0.0)
+    id = storage.write(make_envelope(rcpts=("a@x", "b@x", "c@x", "d@x", "e@x")), 0.0)
     storage.set_recipients_delivered(id, [1, 3])           # b, d
     assert storage.get(id)[0].recipients == ["a@x", "c@x", "e@x"]
     storage.set_recipients_delivered(id, [1])              # c, in the reduced list
@@ -122,7 +121,7 @@ def test_partial_deliveries_mark_the_right_recipients() -> None:
 def test_a_failed_announcement_still_stores() -> None:
     store = MemoryObjectStore()
     storage = CloudStorage(store, MemoryMessageQueue(fail=True))
-    id = storage.write(envelope("a@x"), 5.0)
+    id = storage.write(make_envelope(rcpts=("a@x",)), 5.0)
     assert id in store.objects
 
 
@@ -184,7 +183,7 @@ def queue_over_cloud() -> Iterator[tuple[Queue, MemoryObjectStore, PartialRelay]
 
 def test_queue_over_cloud_storage(queue_over_cloud: Any) -> None:
     queue, store, relay = queue_over_cloud
-    [(_, id)] = queue.enqueue(envelope("a@x", "b@x", "c@x"))
+    [(_, id)] = queue.enqueue(make_envelope(rcpts=("a@x", "b@x", "c@x")))
     assert isinstance(id, str)
     with gevent.Timeout(10):
         cooperative_wait(lambda: id not in store.objects, "the message to be done")

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import re
 from email.utils import parsedate_to_datetime
+from functools import partial
 
 import pytest
+from support import envelopes
 
 from slimta.core import __version__
 from slimta.envelope import Envelope
@@ -22,11 +24,13 @@ BODY = b"body\r\n"
 STAMP = 1_700_000_000.0  # Tue, 14 Nov 2023 22:13:20 UTC
 
 
-def make_env(*rcpts: str, raw: bytes = RAW_HEADERS) -> Envelope:
-    env = Envelope("jorg@src.test", list(rcpts) or ["rcpt@dst.test"])
-    env.parse(raw + BODY)
-    env.timestamp = STAMP
-    return env
+make_envelope = partial(
+    envelopes.make_envelope,
+    sender="jorg@src.test",
+    rcpts=("rcpt@dst.test",),
+    data=RAW_HEADERS + BODY,
+    timestamp=STAMP,
+)
 
 
 def added_line(env: Envelope) -> bytes:
@@ -39,7 +43,7 @@ def added_line(env: Envelope) -> bytes:
 
 
 def test_add_date_header_when_missing() -> None:
-    env = make_env()
+    env = make_envelope()
     AddDateHeader().apply(env)
     line = added_line(env)
     assert line.startswith(b"Date: ")
@@ -49,7 +53,7 @@ def test_add_date_header_when_missing() -> None:
 
 def test_add_date_header_keeps_an_existing_one() -> None:
     raw = b"date: Mon, 1 Jan 2024 00:00:00 +0000\r\n" + RAW_HEADERS
-    env = make_env(raw=raw)
+    env = make_envelope(data=raw + BODY)
     AddDateHeader().apply(env)
     assert b"".join(env.flatten()) == raw + BODY
 
@@ -59,23 +63,23 @@ def test_build_date_can_be_overridden() -> None:
         def build_date(self, timestamp: float) -> str:
             return f"at {timestamp:.0f}"
 
-    env = make_env()
+    env = make_envelope()
     Fixed().apply(env)
     assert added_line(env) == b"Date: at 1700000000"
 
 
 def test_add_message_id_header() -> None:
-    env = make_env()
+    env = make_envelope()
     AddMessageIdHeader("relay.test").apply(env)
     assert re.fullmatch(rb"Message-Id: <[0-9a-f]{32}\.1700000000@relay\.test>", added_line(env))
-    env2 = make_env(raw=b"Message-ID: <x@y>\r\n" + RAW_HEADERS)
+    env2 = make_envelope(data=b"Message-ID: <x@y>\r\n" + RAW_HEADERS + BODY)
     AddMessageIdHeader("relay.test").apply(env2)
     assert b"".join(env2.flatten()) == b"Message-ID: <x@y>\r\n" + RAW_HEADERS + BODY
     assert AddMessageIdHeader().hostname
 
 
 def test_add_received_header_is_an_rfc5321_trace_line() -> None:
-    env = make_env()
+    env = make_envelope()
     env.client = {"name": "client.src.test", "host": "rdns.src.test", "ip": "192.0.2.7",
                   "protocol": "ESMTPS"}  # fmt: skip
     env.receiver = "mx.relay.test"
@@ -88,7 +92,7 @@ def test_add_received_header_is_an_rfc5321_trace_line() -> None:
 
 
 def test_received_header_with_unknown_client_ipv6_and_several_recipients() -> None:
-    env = make_env("a@dst.test", "b@dst.test")
+    env = make_envelope(rcpts=("a@dst.test", "b@dst.test"))
     env.receiver = "mx.relay.test"
     AddReceivedHeader(date_format="%d %b %Y").apply(env)
     assert added_line(env) == (
@@ -96,14 +100,14 @@ def test_received_header_with_unknown_client_ipv6_and_several_recipients() -> No
         + __version__.encode()
         + b"); 14 Nov 2023"
     )
-    env = make_env()
+    env = make_envelope()
     env.client = {"name": "c", "host": "h", "ip": "2001:db8::1"}
     AddReceivedHeader().apply(env)
     assert b"(h [IPv6:2001:db8::1])" in added_line(env)
 
 
 def test_received_header_values_cannot_inject_lines() -> None:
-    env = make_env("a@dst.test\r\nBcc: x@y")
+    env = make_envelope(rcpts=("a@dst.test\r\nBcc: x@y",))
     env.client = {"name": "evil\r\nX-Injected: 1", "ip": "192.0.2.1"}
     AddReceivedHeader().apply(env)
     header = env.flatten()[0]
@@ -126,7 +130,7 @@ def test_envelopes_without_headers_are_left_alone(policy) -> None:
 
 
 def test_all_three_stack_on_top_in_order() -> None:
-    env = make_env()
+    env = make_envelope()
     for policy in (AddDateHeader(), AddMessageIdHeader("h.test"), AddReceivedHeader()):
         policy.apply(env)
     header = env.flatten()[0]

@@ -2,23 +2,28 @@
 
 from __future__ import annotations
 
-from slimta.envelope import Envelope
+from functools import partial
+
+from support import envelopes
+
 from slimta.policy.split import RecipientDomainSplit, RecipientSplit
 
 RAW = b"Subject: split\r\nX-Foo:bar\r\n\r\nbody\r\n"
 
 
-def make_env(*rcpts: str) -> Envelope:
-    env = Envelope("s@src.test", list(rcpts))
-    env.parse(RAW)
-    env.client = {"name": "client.test"}
-    env.receiver = "mx.test"
-    env.timestamp = 12.0
-    return env
+make_envelope = partial(
+    envelopes.make_envelope,
+    sender="s@src.test",
+    rcpts=(),
+    data=RAW,
+    timestamp=12.0,
+    client={"name": "client.test"},
+    receiver="mx.test",
+)
 
 
 def test_recipient_split() -> None:
-    env = make_env("a@x.test", "b@y.test", "c@x.test")
+    env = make_envelope(rcpts=("a@x.test", "b@y.test", "c@x.test"))
     parts = RecipientSplit().apply(env)
     assert parts is not None
     assert [p.recipients for p in parts] == [["a@x.test"], ["b@y.test"], ["c@x.test"]]
@@ -29,12 +34,13 @@ def test_recipient_split() -> None:
             "s@src.test", {"name": "client.test"}, "mx.test", 12.0)  # fmt: skip
     parts[0].prepend_header("X-Only", "first")
     assert b"".join(env.flatten()) == RAW
-    assert RecipientSplit().apply(make_env("a@x.test")) is None
-    assert RecipientSplit().apply(make_env()) is None
+    assert RecipientSplit().apply(make_envelope(rcpts=("a@x.test",))) is None
+    assert RecipientSplit().apply(make_envelope()) is None
 
 
 def test_recipient_domain_split_groups_by_domain_without_case() -> None:
-    env = make_env("a@X.test", "b@y.test", "c@x.TEST", "nodomain", "trailing@", "d@y.test")
+    rcpts = ("a@X.test", "b@y.test", "c@x.TEST", "nodomain", "trailing@", "d@y.test")
+    env = make_envelope(rcpts=rcpts)
     parts = RecipientDomainSplit().apply(env)
     assert parts is not None
     assert [p.recipients for p in parts] == [
@@ -47,6 +53,6 @@ def test_recipient_domain_split_groups_by_domain_without_case() -> None:
 
 
 def test_recipient_domain_split_leaves_single_domain_alone() -> None:
-    assert RecipientDomainSplit().apply(make_env("a@x.test", "b@X.TEST")) is None
-    assert RecipientDomainSplit().apply(make_env("nodomain")) is None
-    assert RecipientDomainSplit().apply(make_env()) is None
+    assert RecipientDomainSplit().apply(make_envelope(rcpts=("a@x.test", "b@X.TEST"))) is None
+    assert RecipientDomainSplit().apply(make_envelope(rcpts=("nodomain",))) is None
+    assert RecipientDomainSplit().apply(make_envelope()) is None

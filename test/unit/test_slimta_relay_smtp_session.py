@@ -7,15 +7,17 @@ test writes the server's bytes up front and checks the exact bytes written back.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from functools import partial
 from typing import Any
 
 import gevent
 import gevent.socket
 import pytest
 from gevent.event import AsyncResult
+from support import envelopes
 from support.smtp_peer import PEER_ADDRESS, Peer
+from support.util import GUARD_SECONDS
 
-from slimta.envelope import Envelope
 from slimta.relay.smtp import SmtpPermanentRelayError
 from slimta.relay.smtp._session import Session
 from slimta.relay.smtp._transaction import Transaction
@@ -24,7 +26,6 @@ from slimta.smtp.client import Client, LmtpClient
 from slimta.smtp.reply import Reply
 from slimta.util.deque import BlockingDeque
 
-GUARD_SECONDS = 5.0
 EHLO = b"250-mx.test\r\n250-PIPELINING\r\n250 8BITMIME\r\n"
 
 
@@ -46,10 +47,12 @@ def wire() -> Iterator[tuple[SmtpRelayClient, Peer]]:
         owner.socket = None
 
 
-def envelope(*rcpts: str) -> Envelope:
-    env = Envelope("s@x.test", list(rcpts or ["r@x.test"]))
-    env.parse(b"Subject: t\r\n\r\nbody\r\n")
-    return env
+make_envelope = partial(
+    envelopes.make_envelope,
+    sender="s@x.test",
+    rcpts=("r@x.test",),
+    data=b"Subject: t\r\n\r\nbody\r\n",
+)
 
 
 def opened(owner: SmtpRelayClient, peer: Peer, protocol: type[Client] = Client) -> Session:
@@ -104,12 +107,12 @@ def test_transaction_chains_the_next_envelope_in_one_write(
     peer.expect(b"EHLO relay.test\r\n")
     assert owner.queue is not None
     waiting: AsyncResult = AsyncResult()
-    owner.queue.append((waiting, envelope("b@x.test")))
+    owner.queue.append((waiting, make_envelope(rcpts=("b@x.test",))))
     peer.send(b"250 ok\r\n250 ok\r\n354 go\r\n"  # first MAIL, RCPT, DATA
               b"250 2.0.0 first\r\n250 ok\r\n250 ok\r\n354 go\r\n")  # final + next
     transaction = Transaction(session, owner, chain=True)
     with gevent.Timeout(GUARD_SECONDS):
-        result = transaction.run(envelope("a@x.test"), reused=False)
+        result = transaction.run(make_envelope(rcpts=("a@x.test",)), reused=False)
     assert isinstance(result, dict) and str(result["a@x.test"]) == "250 2.0.0 first"
     peer.expect(b"MAIL FROM:<s@x.test>\r\nRCPT TO:<a@x.test>\r\nDATA\r\n")
     # The end of the first message and the next MAIL/RCPT/DATA: one write.
@@ -136,13 +139,13 @@ def test_transaction_gives_the_next_envelope_back_when_the_flush_fails(
     session = opened(owner, peer)
     peer.expect(b"EHLO relay.test\r\n")
     assert owner.queue is not None
-    item: Any = (AsyncResult(), envelope("b@x.test"))
+    item: Any = (AsyncResult(), make_envelope(rcpts=("b@x.test",)))
     owner.queue.append(item)
     peer.send(b"250 ok\r\n250 ok\r\n354 go\r\n250 2.0.0 first\r\n")
     peer.sock.shutdown(gevent.socket.SHUT_WR)  # no replies for the next transaction
     transaction = Transaction(session, owner, chain=True)
     with gevent.Timeout(GUARD_SECONDS):
-        result: Any = transaction.run(envelope("a@x.test"), reused=False)
+        result: Any = transaction.run(make_envelope(rcpts=("a@x.test",)), reused=False)
     assert isinstance(result["a@x.test"], Reply) and result["a@x.test"].code == "250"
     assert transaction.next is None and not session.usable
     assert list(owner.queue) == [item] and owner.pending == ()
@@ -155,12 +158,12 @@ def test_transaction_without_chain_leaves_the_queue_alone(
     session = opened(owner, peer)
     peer.expect(b"EHLO relay.test\r\n")
     assert owner.queue is not None
-    item: Any = (AsyncResult(), envelope("b@x.test"))
+    item: Any = (AsyncResult(), make_envelope(rcpts=("b@x.test",)))
     owner.queue.append(item)
     peer.send(b"250 ok\r\n250 ok\r\n354 go\r\n250 2.0.0 only\r\n")
     transaction = Transaction(session, owner)  # a connection not kept: no chaining
     with gevent.Timeout(GUARD_SECONDS):
-        result: Any = transaction.run(envelope("a@x.test"), reused=False)
+        result: Any = transaction.run(make_envelope(rcpts=("a@x.test",)), reused=False)
     assert str(result["a@x.test"]) == "250 2.0.0 only"
     peer.expect(b"MAIL FROM:<s@x.test>\r\nRCPT TO:<a@x.test>\r\nDATA\r\n"
                 b"Subject: t\r\n\r\nbody\r\n.\r\n")

@@ -15,7 +15,7 @@ import ssl
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gevent
 import pycares
@@ -29,6 +29,7 @@ from slimta.relay import (
     RelayResult,
     TransientRelayError,
 )
+from slimta.relay.options import MxRelayKeywords, MxRelayOptions
 from slimta.relay._replies import internal_failure, no_valid_recipients
 from slimta.relay._timeouts import Timeouts
 from slimta.relay.pool import closing_error
@@ -39,6 +40,9 @@ from slimta.relay.smtp._lru import LRU
 from slimta.relay.smtp.static import StaticSmtpRelay
 from slimta.smtp.reply import Reply
 from slimta.util.dns import DNSError, DNSResolver
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 __all__ = ["MxSmtpRelay"]
 
@@ -209,7 +213,7 @@ class MxSmtpRelay(Relay):
     :param client_kwargs: passed to every
         :class:`~slimta.relay.smtp.static.StaticSmtpRelay`, so they can carry
         ``pool_size``, ``client_class``, ``socket_creator``, ``idle_timeout`` and
-        every other client keyword.
+        every other client keyword (see :class:`~slimta.relay.options.MxRelayOptions`).
     """
 
     def __init__(
@@ -220,11 +224,13 @@ class MxSmtpRelay(Relay):
         relay_cache_size: int = 1000,
         negative_ttl: float = 60.0,
         max_mx_hosts: int = 5,
-        **client_kwargs: Any,
+        **client_kwargs: Unpack[MxRelayOptions],
     ) -> None:
         super().__init__()
-        self._client_kwargs = dict(client_kwargs)
-        self._client_kwargs["context"] = context or ssl.create_default_context()
+        self._client_kwargs: MxRelayKeywords = {
+            **client_kwargs,
+            "context": context or ssl.create_default_context(),
+        }
         self.negative_ttl = negative_ttl
         self.max_mx_hosts = max(1, max_mx_hosts)
         self._force_mx: dict[str, tuple[str, int]] = {}

@@ -7,12 +7,16 @@ or LMTP conversation lives in the client classes they create.
 from __future__ import annotations
 
 import ssl
-from typing import Any
+from typing import TYPE_CHECKING
 
+from slimta.relay.options import ClientKeywords, ClientOptions, LmtpRelayOptions
 from slimta.relay._timeouts import Timeouts
 from slimta.relay.pool import RelayPool
 from slimta.relay.smtp.client import SmtpRelayClient
 from slimta.relay.smtp.lmtpclient import LmtpRelayClient
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 __all__ = ["StaticSmtpRelay", "StaticLmtpRelay"]
 
@@ -45,14 +49,16 @@ class StaticSmtpRelay(RelayPool):
         pool_size: int | None = None,
         client_class: type[SmtpRelayClient] | None = None,
         context: ssl.SSLContext | None = None,
-        **client_kwargs: Any,
+        **client_kwargs: Unpack[ClientOptions],
     ) -> None:
         super().__init__(pool_size)
         self.host = host
         self.port = port
         self._client_class = client_class or self._default_class
-        self._client_kwargs = dict(client_kwargs)
-        self._client_kwargs["context"] = context or ssl.create_default_context()
+        self._client_kwargs: ClientKeywords = {
+            **client_kwargs,
+            "context": context or ssl.create_default_context(),
+        }
 
     @property
     def timeouts(self) -> Timeouts:
@@ -71,7 +77,8 @@ class StaticLmtpRelay(StaticSmtpRelay):
         unix socket (``port`` is then ignored).
     :param port: the server's TCP port.
     :param pool_size: the most connections open at once; ``None`` means no limit.
-    :param client_kwargs: as for :class:`StaticSmtpRelay`.
+    :param client_kwargs: as for :class:`StaticSmtpRelay`, plus its ``client_class``
+        and ``context`` (see :class:`~slimta.relay.options.LmtpRelayOptions`).
     """
 
     _default_class: type[SmtpRelayClient] = LmtpRelayClient
@@ -81,6 +88,6 @@ class StaticLmtpRelay(StaticSmtpRelay):
         host: str = "localhost",
         port: int = 24,
         pool_size: int | None = None,
-        **client_kwargs: Any,
+        **client_kwargs: Unpack[LmtpRelayOptions],
     ) -> None:
         super().__init__(host, port, pool_size, **client_kwargs)
