@@ -8,10 +8,12 @@ python-slimta 5.0.5, whichever the interpreter has (the API is the same). ``aios
 an aiosmtpd Controller whose handler keeps each message in a dict.
 
 Both slimta edges look up the client's PTR record when it connects; ``--dns-port`` sends
-those queries to bench/dns_server.py (which answers ``localhost`` at once) instead of
-the system's resolver, whose delays would otherwise be measured (slimta-relay's edge
-waits up to 0.5 s after the banner for the answer, python-slimta's does not wait).
-aiosmtpd does no lookup.
+those queries to bench/dns_server.py (which answers ``localhost`` at once, TTL 3600)
+instead of the system's resolver, whose delays would otherwise be measured
+(slimta-relay's edge waits up to 0.5 s after the banner for the answer, python-slimta's
+does not wait). aiosmtpd does no lookup. smtp-source connects from one address, so
+slimta-relay answers every session after the first from its PTR cache (for the TTL);
+``--ptr-cache-size 0`` turns that cache off, to measure a lookup per session.
 
 The server prints ``READY`` once it accepts connections and serves until SIGTERM; then
 it prints one ``RESULT`` line with what it received (and, for the queue, what the relay
@@ -50,7 +52,7 @@ def use_dns_server(port: int) -> None:
         DNSResolver.channel = pycares.Channel(**options)
 
 
-def run_slimta(port: int, dns_port: int | None) -> None:
+def run_slimta(port: int, dns_port: int | None, ptr_cache_size: int | None = None) -> None:
     import gevent
     import gevent.event
 
@@ -61,6 +63,12 @@ def run_slimta(port: int, dns_port: int | None) -> None:
 
     if dns_port:
         use_dns_server(dns_port)
+    if ptr_cache_size is not None:
+        import slimta.util.ptrlookup as ptrlookup
+
+        if not hasattr(ptrlookup, "PTR_CACHE_SIZE"):
+            sys.exit("--ptr-cache-size: this slimta has no PTR cache")
+        ptrlookup.PTR_CACHE_SIZE = ptr_cache_size
     store = DictStorage()
     counts = {"received": 0, "delivered": 0}
     real_write = store.write
@@ -131,9 +139,11 @@ def main() -> None:
     parser.add_argument("--dns-port", type=int,
                         help="answer the edge's PTR lookups from bench/dns_server.py on this"
                         " port (default: the system's resolver)")
+    parser.add_argument("--ptr-cache-size", type=int,
+                        help="slimta-relay: the most PTR answers kept (0: a lookup per session)")
     args = parser.parse_args()
     if args.server == "slimta":
-        run_slimta(args.port, args.dns_port)
+        run_slimta(args.port, args.dns_port, args.ptr_cache_size)
     else:
         run_aiosmtpd(args.port)
 

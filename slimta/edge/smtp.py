@@ -7,6 +7,17 @@ complete message to the queue. The client gets ``250`` after the data only once
 :meth:`~slimta.queue.Queue.enqueue` has returned an id, that is once the store
 holds the message; a store failure answers ``451 4.3.0`` (or the error's own
 reply). A client that goes away before the final ``.`` leaves nothing queued.
+
+Reverse DNS: each session starts a PTR lookup of the client's IP
+(:class:`~slimta.util.ptrlookup.PtrLookup`) when it sends the banner, and lets it
+run beside the conversation. Nothing waits for it but the first message's final
+reply, which takes the answer as ``envelope.client['host']``, and it waits only
+until :attr:`SmtpSession.ptr_lookup_runtime` (:data:`PTR_LOOKUP_RUNTIME_SECONDS`)
+have passed since the banner. So a slow or silent DNS server never delays the
+banner, any command, or a client slower than that bound; it costs a fast client
+at most that much once per session (``client['host']`` is then ``None``). A
+lookup still running when the session ends is stopped. Answers are cached for
+their TTL (see :mod:`slimta.util.ptrlookup`).
 """
 
 from __future__ import annotations
@@ -20,7 +31,7 @@ from slimta.relay import RelayError
 from slimta.smtp import ConnectionLost
 from slimta.smtp.reply import Reply
 from slimta.smtp.server import Server
-from slimta.util.ptrlookup import PtrLookup
+from slimta.util.ptrlookup import PtrLookup, cached_ptr
 
 __all__ = ["SmtpEdge", "SmtpValidators", "SmtpSession"]
 
@@ -69,10 +80,11 @@ class SmtpSession:
     the session. The first message takes its answer as ``client['host']``
     (:attr:`reverse_address`), waiting for it only until
     :attr:`ptr_lookup_runtime` seconds have passed since the banner; a slower or
-    failed lookup leaves ``None``.
+    failed lookup leaves ``None``. The banner and the commands never wait for it.
     """
 
-    #: Seconds after the banner until which the first message waits for the PTR answer.
+    #: Seconds after the banner until which the first message waits for the PTR
+    #: answer (set it on a subclass, passed as ``session_class``; ``0`` never waits).
     ptr_lookup_runtime: float = PTR_LOOKUP_RUNTIME_SECONDS
 
     def __init__(self, address: Any, validator_class: Any, handoff: Any) -> None:
@@ -109,8 +121,13 @@ class SmtpSession:
 
     def BANNER_(self, reply: Reply) -> None:  # noqa: N802
         if isinstance(self.address, tuple) and self.address:
-            self._ptr_lookup = PtrLookup(self.address[0])
-            self._ptr_lookup.start()
+            ip = self.address[0]
+            host = cached_ptr(ip)
+            if host is not None:
+                self.reverse_address = host  # still within the TTL: no lookup
+            else:
+                self._ptr_lookup = PtrLookup(ip)
+                self._ptr_lookup.start()
         self._call_validator("banner", reply, self.address)
 
     def EHLO(self, reply: Reply, ehlo_as: str) -> None:  # noqa: N802
@@ -226,6 +243,10 @@ class SmtpEdge(EdgeServer):
     :param bare_newline: ``'normalize'`` or ``'reject'`` a bare CR/LF in data.
     :param allow_insecure_auth: offer AUTH without TLS.
     :param auth_failure_base_delay: seconds before the first failed AUTH reply.
+
+    The reverse DNS lookup of each client never holds up the banner or a
+    command; see the module documentation and
+    :attr:`SmtpSession.ptr_lookup_runtime` for the one bounded wait.
     """
 
     _default_session_class = SmtpSession

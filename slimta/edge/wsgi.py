@@ -18,6 +18,12 @@ replies. A malformed request gets ``400`` (bad base64, control characters, no
 recipient), ``413`` (message larger than ``max_size``, reply
 ``552 5.3.4``), ``404``, ``405`` or ``415``, each with an ``X-Smtp-Reply``
 that says what was wrong. The body reaches the queue byte for byte.
+
+A body over ``max_size`` is never read: with a ``Content-Length`` above the
+limit the ``413`` goes out before any of the body is read, and a chunked body
+is read only until it passes the limit. The connection is then closed (see
+:data:`slimta.http.wsgi.SKIP_BODY_KEY`) instead of being drained for the next
+request.
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ from typing import Any
 from slimta import logging
 from slimta.edge import EdgeServer
 from slimta.envelope import Envelope
-from slimta.http.wsgi import WsgiServer
+from slimta.http.wsgi import SKIP_BODY_KEY, WsgiServer
 from slimta.queue import QueueError
 from slimta.relay import RelayError
 from slimta.smtp.reply import Reply
@@ -307,6 +313,7 @@ class WsgiEdge(EdgeServer, WsgiServer):  # type: ignore[misc]
                 Reply("451", "4.4.2 Timed out or lost reading the message"), "408 Request Timeout"
             )
             response.headers.append(("Connection", "close"))
+            environ[SKIP_BODY_KEY] = True  # the stream is broken: do not drain it
             raise response from None
 
     def _read_body_bounded(self, environ: dict[str, Any]) -> bytes:
@@ -324,6 +331,7 @@ class WsgiEdge(EdgeServer, WsgiServer):  # type: ignore[misc]
             if length < 0:
                 raise _bad_request("501", "5.5.4 Invalid Content-Length")
             if length > self.max_size:
+                environ[SKIP_BODY_KEY] = True  # answer now, never read the body
                 raise too_big
             data = stream.read(length)
             if len(data) != length:
@@ -339,6 +347,7 @@ class WsgiEdge(EdgeServer, WsgiServer):  # type: ignore[misc]
             chunks.append(chunk)
             total += len(chunk)
             if total > self.max_size:
+                environ[SKIP_BODY_KEY] = True  # nor the rest of a chunked one
                 raise too_big
         return b"".join(chunks)
 

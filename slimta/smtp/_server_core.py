@@ -311,6 +311,8 @@ class ServerInput:
 
     def next_command(self) -> Command | LineError | None:
         """The next command line, split; ``None`` when more bytes are needed."""
+        if not self.buffer:
+            return None
         line = self.next_line()
         if line is None or isinstance(line, LineError):
             return line
@@ -325,11 +327,16 @@ class ServerInput:
 
 _FROM_RE = re.compile(rb"FROM:[ \t]*<", re.I)
 _TO_RE = re.compile(rb"TO:[ \t]*<", re.I)
+_CONTROL_RE = re.compile(rb"[\x00-\x1f\x7f]")
 _PARAM_RE = re.compile(rb"([A-Za-z0-9][A-Za-z0-9-]*)(?:=([\x21-\x3c\x3e-\x7e]*))?\Z")
 
 
 def _find_path_end(arg: bytes, start: int) -> int:
     """Index of the ``>`` closing the path, skipping quoted strings; -1 if none."""
+    end = arg.find(b">", start)
+    quote = arg.find(b'"', start)
+    if quote < 0 or 0 <= end < quote:
+        return end  # no quoted string before the first ">"
     i = start
     quoted = False
     length = len(arg)
@@ -365,7 +372,7 @@ def parse_path_argument(arg: bytes | None, keyword: Literal["FROM", "TO"]) -> tu
     if end < 0:
         raise ValueError("Unterminated path")
     raw = arg[start:end]
-    if any(b < 0x20 or b == 0x7F for b in raw):
+    if _CONTROL_RE.search(raw) is not None:
         raise ValueError("Control character in address")
     rest = arg[end + 1 :]
     if rest and rest[:1] not in (b" ", b"\t"):

@@ -14,6 +14,7 @@ own ``SSLContext.wrap_socket`` does it.
 
 from __future__ import annotations
 
+import logging
 import re
 import ssl
 from typing import TYPE_CHECKING, Any
@@ -109,6 +110,14 @@ class IO:
             parser.feed(value)
 
     @property
+    def logs_data(self) -> bool:
+        """Whether the bytes sent and received are logged (``DEBUG`` is on for this module).
+
+        Work done only for the log (masking AUTH data) can be skipped when it is not.
+        """
+        return _log.logger.isEnabledFor(logging.DEBUG)
+
+    @property
     def buffered_bytes(self) -> int:
         """How many received bytes wait unconsumed, without copying them."""
         return self.parser.pending
@@ -132,13 +141,19 @@ class IO:
 
     # -- sending ---------------------------------------------------------------
     def raw_send(self, data: bytes | bytearray | memoryview, secret: bool = False) -> None:
-        """Write ``data`` with one ``sendall``.
+        """Write all of ``data``, with one ``send`` when the socket takes it whole.
 
         :param secret: mask the data in the debug log (AUTH exchanges).
         """
         _log.send(self.socket, data, secret)  # type: ignore[arg-type]
+        sock = self.socket
         try:
-            self.socket.sendall(data)
+            # One send() is one syscall; gevent's sendall() asks the kernel for the
+            # send buffer size (getsockopt) before every write. Only what the first
+            # send() left over goes through sendall().
+            sent = sock.send(data)
+            if sent < len(data):
+                sock.sendall(memoryview(data)[sent:])
         except ConnectionError:
             raise ConnectionLost()
 
@@ -343,6 +358,9 @@ class IO:
         esc = reply.enhanced_status_code
         lines = (reply.raw_message or "").splitlines() or [""]
         prefix = (esc + " ").encode("ascii") if esc else b""
+        if len(lines) == 1:  # the common case, in one formatting step
+            self.send_buffer += b"%s %s%s\r\n" % (code, prefix, lines[0].encode("utf-8"))
+            return
         out = []
         for i, line in enumerate(lines):
             sep = b" " if i == len(lines) - 1 else b"-"
@@ -359,6 +377,8 @@ class IO:
         :raises ~slimta.smtp.ConnectionLost: on EOF or a reset.
         """
         data = self._recv_once()
+        if not _log.logger.isEnabledFor(logging.DEBUG):
+            return data
         if secret:
             _log.recv(self.socket, b"******** (%d bytes)" % len(data))
         else:

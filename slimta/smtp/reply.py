@@ -65,12 +65,18 @@ class Reply:
         self._code: str | None = None
         self._message: str | None = None
         self._esc: str | None | bool = None
-        self.command: bytes | None = _as_command(command)
+        self.command: bytes | None = (
+            command if command is None or type(command) is bytes else _as_command(command)
+        )
         self.address = address
         #: Server side only: write a CRLF before the reply (see :data:`timed_out`).
         self.newline_first = False
-        self.code = code
-        self.message = message
+        if type(code) is str and code in _CODES:
+            self._code = code  # the common case, without the setter's checks
+        else:
+            self.code = code
+        if message is not None:
+            self.message = message
 
     # -- code ---------------------------------------------------------------
     @property

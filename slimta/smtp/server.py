@@ -153,6 +153,7 @@ class Server:
         self.errors = 0
         #: Whether the client greeted with EHLO (not HELO).
         self.extended_smtp = False
+        self._timers: dict[str, Timeout] = {}
 
         self.context = context
         self.tls_immediately = tls_immediately
@@ -190,21 +191,48 @@ class Server:
 
     # -- input -----------------------------------------------------------------
     def _recv_into_input(self, secret: bool = False) -> None:
-        self.io.flush_send()
+        io = self.io
+        io.flush_send()
         # An AUTH line split across reads: its second half must not be logged either.
-        secret = secret or self.input.partial_line_may_be_auth()
-        self.input.feed(self.io.recv_masked(secret))
+        if not secret and io.logs_data:
+            secret = self.input.partial_line_may_be_auth()
+        self.input.feed(io.recv_masked(secret))
+
+    def _timer(self, which: str, seconds: float) -> Timeout:
+        """This session's reusable :class:`gevent.Timeout` ``which``, for ``seconds``.
+
+        One timer per session and kind, started and cancelled around each wait,
+        instead of a new Timeout (and libev watcher) per command.
+        """
+        timer: Timeout | None = self._timers.get(which)
+        if timer is None or timer.seconds != seconds:
+            if timer is not None:
+                timer.close()
+            timer = Timeout(seconds, _SessionTimeout)
+            self._timers[which] = timer
+        return timer
+
+    def _close_timers(self) -> None:
+        timers, self._timers = self._timers, {}
+        for timer in timers.values():
+            timer.close()
 
     def _recv_command(self) -> tuple[bytes, bytes | None] | Reply:
-        with Timeout(self.command_timeout, _SessionTimeout):
-            while True:
-                command = self.input.next_command()
-                if command is None:
+        command = self.input.next_command()
+        if command is None:
+            # The timeout runs only while the server waits for the client: a
+            # pipelined command already buffered costs no timer at all.
+            timer = self._timer("command", self.command_timeout)
+            timer.start()
+            try:
+                while command is None:
                     self._recv_into_input()
-                elif isinstance(command, LineError):
-                    return command.reply
-                else:
-                    return command.verb, command.arg
+                    command = self.input.next_command()
+            finally:
+                timer.cancel()
+        if isinstance(command, LineError):
+            return command.reply
+        return command.verb, command.arg
 
     def _recv_auth_line(self) -> bytes:
         with Timeout(self.command_timeout, _SessionTimeout):
@@ -247,6 +275,12 @@ class Server:
 
         :raises ~slimta.smtp.ConnectionLost: the client went away or timed out.
         """
+        try:
+            self._handle()
+        finally:
+            self._close_timers()
+
+    def _handle(self) -> None:
         if self.context is not None and self.tls_immediately:
             if not self._encrypt_session():
                 tls_failure.send(self.io, flush=True)
@@ -530,12 +564,17 @@ class Server:
     def _get_message_data(self) -> None:
         max_size = self.extensions.getparam("SIZE", filter=int)
         decoder = DataDecoder(max_size, self.bare_newline)
-        with Timeout(self.data_timeout, _SessionTimeout):
-            pending = self.input.take()
-            if pending:
-                decoder.feed(pending)
-            while not decoder.done:
-                decoder.feed(self.io.recv_masked())
+        pending = self.input.take()
+        if pending:
+            decoder.feed(pending)
+        if not decoder.done:
+            timer = self._timer("data", self.data_timeout)
+            timer.start()
+            try:
+                while not decoder.done:
+                    decoder.feed(self.io.recv_masked())
+            finally:
+                timer.cancel()
         self.input.feed(decoder.leftover)
         data: bytes | None = None
         err: Exception | None = None

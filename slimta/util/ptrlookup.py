@@ -5,12 +5,20 @@ the answer only when it needs it (to stamp ``envelope.client['host']``), so the
 lookup never delays the conversation. The query goes through
 :class:`slimta.util.dns.DNSResolver`, the same hub-driven resolver the relays
 use.
+
+Answers are kept, per IP, for their DNS TTL (at most :data:`PTR_CACHE_MAX_SECONDS`,
+for at most :data:`PTR_CACHE_SIZE` addresses): a client that connects again
+within the TTL costs no query. A failed lookup, or an answer with a TTL of 0, is
+not kept. The cache belongs to the :attr:`DNSResolver.channel
+<slimta.util.dns.DNSResolver.channel>` that answered: assigning another channel
+or :meth:`~slimta.util.dns.DNSResolver.reset` empties it.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import time
+from collections import OrderedDict
 from typing import Any
 
 import gevent
@@ -18,11 +26,86 @@ import gevent
 from slimta import logging
 from slimta.util.dns import DNSError, DNSResolver
 
-__all__ = ["PtrLookup"]
+__all__ = ["PtrLookup", "cached_ptr", "PTR_CACHE_SIZE", "PTR_CACHE_MAX_SECONDS"]
+
+#: The most IP addresses whose PTR answer is kept.
+PTR_CACHE_SIZE = 4096
+#: The longest a PTR answer is kept, whatever its TTL, in seconds.
+PTR_CACHE_MAX_SECONDS = 3600.0
+
+
+class _PtrCache:
+    """IP -> (host name, expiry on the monotonic clock), least recently used first."""
+
+    def __init__(self) -> None:
+        self.entries: OrderedDict[str, tuple[str, float]] = OrderedDict()
+        self.channel: Any = None
+
+    def _check_channel(self) -> None:
+        channel = DNSResolver.channel
+        if channel is not self.channel:
+            self.entries.clear()
+            self.channel = channel
+
+    def get(self, ip: str) -> str | None:
+        self._check_channel()
+        entry = self.entries.get(ip)
+        if entry is None:
+            return None
+        if entry[1] <= _clock():
+            del self.entries[ip]
+            return None
+        self.entries.move_to_end(ip)
+        return entry[0]
+
+    def put(self, ip: str, host: str, ttl: float) -> None:
+        self._check_channel()
+        if ttl <= 0:
+            return
+        entries = self.entries
+        entries[ip] = (host, _clock() + min(ttl, PTR_CACHE_MAX_SECONDS))
+        entries.move_to_end(ip)
+        while len(entries) > PTR_CACHE_SIZE:
+            entries.popitem(last=False)
+
+
+_cache = _PtrCache()
+#: The cache's clock (tests replace it).
+_clock = time.monotonic
+
+
+def cached_ptr(ip: str | None) -> str | None:
+    """The host name a recent lookup found for ``ip``, while its TTL lasts.
+
+    No query is sent: a caller that gets ``None`` starts a :class:`PtrLookup`.
+    """
+    if not ip:
+        return None
+    return _cache.get(ip)
+
+
+def _reverse_ipv4(ip: str) -> str | None:
+    """``in-addr.arpa`` name of a dotted-quad IPv4 address, or ``None``.
+
+    The common case, without building an :mod:`ipaddress` object: four decimal
+    octets, no leading zeros (which :mod:`ipaddress` refuses too), each <= 255.
+    """
+    parts = ip.split(".")
+    if len(parts) != 4:
+        return None
+    for part in parts:
+        if not (part.isdigit() and part.isascii()) or len(part) > 3:
+            return None
+        if (len(part) > 1 and part[0] == "0") or int(part) > 255:
+            return None
+    return f"{parts[3]}.{parts[2]}.{parts[1]}.{parts[0]}.in-addr.arpa"
 
 
 def _reverse_name(ip: str) -> str | None:
     """``in-addr.arpa``/``ip6.arpa`` name of ``ip``, or ``None`` if it is no IP."""
+    name = _reverse_ipv4(ip)
+    if name is not None:
+        return name
     try:
         address = ipaddress.ip_address(ip.strip("[]").split("%", 1)[0])
     except ValueError:
@@ -35,6 +118,8 @@ def _reverse_name(ip: str) -> str | None:
 
 class PtrLookup(gevent.Greenlet):
     """Looks up the PTR record of ``ip`` in a greenlet of its own.
+
+    An answer still in the cache (see above) is returned without a query.
 
     :param ip: the IP address (IPv4 or IPv6) whose name is wanted.
     """
@@ -71,6 +156,9 @@ class PtrLookup(gevent.Greenlet):
         super().start()
 
     def _run(self) -> str | None:
+        cached = _cache.get(self.ip)
+        if cached is not None:
+            return cached
         name = _reverse_name(self.ip)
         if name is None:
             return None
@@ -84,6 +172,7 @@ class PtrLookup(gevent.Greenlet):
         for answer in answers:
             host = str(answer.name).rstrip(".")
             if host:
+                _cache.put(self.ip, host, getattr(answer, "ttl", 0) or 0)
                 return host
         return None
 
@@ -99,7 +188,7 @@ class PtrLookup(gevent.Greenlet):
         result: str | None = None
         if self.start_time is not None:
             try:
-                if runtime is None:
+                if runtime is None or self.ready():
                     result = self.get(block=False)
                 else:
                     remaining = max(0.0, self.start_time + runtime - time.time())

@@ -82,6 +82,21 @@ def test_ptr_answer_is_the_client_host(smtp_edge: Any, dns_server: Any, dns_reso
     assert dns_server.queries(LOOPBACK_PTR, "PTR") == 1
 
 
+def test_a_cached_answer_needs_no_lookup(
+    smtp_edge: Any, dns_server: Any, dns_resolver: Any
+) -> None:
+    """Within the answer's TTL a new session of the same client starts no lookup."""
+    dns_server.add_ptr(LOOPBACK_PTR, "client.ptr.test", ttl=300)
+    CapturingSession.lookups = []
+    edge = smtp_edge(session_class=CapturingSession)
+    in_thread(send, edge.address)
+    in_thread(send, edge.address)
+    assert [env.client["host"] for env in edge.stored()] == ["client.ptr.test"] * 2
+    first, second = CapturingSession.lookups
+    assert first is not None and second is None
+    assert dns_server.queries(LOOPBACK_PTR, "PTR") == 1
+
+
 def test_each_session_looks_up_its_client(
     smtp_edge: Any, dns_server: Any, dns_resolver: Any
 ) -> None:
@@ -90,6 +105,8 @@ def test_each_session_looks_up_its_client(
     in_thread(send, edge.address)
     in_thread(send, edge.address)
     assert [env.client["host"] for env in edge.stored()] == ["client.ptr.test"] * 2
+    # A TTL of 0 is not cached: each session asks.
+    assert dns_server.queries(LOOPBACK_PTR, "PTR") == 2
 
 
 @pytest.mark.parametrize("failure", ["NXDOMAIN", "SERVFAIL", "NODATA"])
@@ -157,3 +174,91 @@ def test_lookup_stops_with_the_session(smtp_edge: Any, slow_dns: Any, how: str) 
     (lookup,) = CapturingSession.lookups
     cooperative_wait(lambda: lookup.dead, "the lookup to be stopped", timeout=5.0)
     assert edge.stored() == []
+
+
+#: A long wait bound, so that a command held up by the lookup would stand out.
+LONG_RUNTIME = 4.0
+
+
+def timed_session(address: tuple[str, int], idle_before_mail: float = 0.0) -> dict[str, float]:
+    """One message over smtplib; seconds from connect to each reply, and how long
+    the final reply took after the data was sent."""
+    times: dict[str, float] = {}
+    started = time.monotonic()
+    client = smtplib.SMTP(timeout=30)
+    try:
+        code, _ = client.connect(*address)
+        assert code == 220
+        times["banner"] = time.monotonic() - started
+        assert client.ehlo("client.src.test")[0] == 250
+        times["ehlo"] = time.monotonic() - started
+        if idle_before_mail:
+            time.sleep(idle_before_mail)  # a slow client, in its own thread
+        assert client.mail("a@src.test")[0] == 250
+        assert client.rcpt("b@dst.test")[0] == 250
+        assert client.docmd("DATA")[0] == 354
+        times["354"] = time.monotonic() - started
+        sent = time.monotonic()
+        client.send(MESSAGE + b".\r\n")
+        code, _ = client.getreply()
+        assert code == 250
+        times["250"] = time.monotonic() - started
+        times["final_wait"] = time.monotonic() - sent
+        client.quit()
+    finally:
+        client.close()
+    return times
+
+
+def test_silent_dns_never_delays_the_banner_or_the_commands(
+    smtp_edge: Any, slow_dns: Any
+) -> None:
+    """The test DNS server never answers the PTR query: the banner and every reply
+    before the data come at once; only the first message's final reply waits, and
+    only until ``ptr_lookup_runtime`` after the banner."""
+    slow_dns.drop(LOOPBACK_PTR)
+    session_class = type("Session", (SmtpSession,), {"ptr_lookup_runtime": LONG_RUNTIME})
+    edge = smtp_edge(session_class=session_class)
+    times = in_thread(timed_session, edge.address)
+    assert times["354"] < MARGIN_SECONDS < LONG_RUNTIME, times
+    assert LONG_RUNTIME - 0.1 <= times["250"] < LONG_RUNTIME + MARGIN_SECONDS, times
+    (env,) = edge.stored()
+    assert env.client["host"] is None
+    assert slow_dns.queries(LOOPBACK_PTR, "PTR") == 1
+
+
+def test_silent_dns_never_delays_a_client_slower_than_the_bound(
+    smtp_edge: Any, slow_dns: Any
+) -> None:
+    """A client that reaches the end of its data after the bound has passed gets
+    its 250 without any wait for the lookup."""
+    slow_dns.drop(LOOPBACK_PTR)
+    runtime = 0.5
+    session_class = type("Session", (SmtpSession,), {"ptr_lookup_runtime": runtime})
+    edge = smtp_edge(session_class=session_class)
+    times = in_thread(timed_session, edge.address, runtime + 1.0)
+    # The lookup is still unanswered (the resolver waits SLOW_DNS_SECONDS), and
+    # the bound is long past: the final reply does not wait at all.
+    assert times["final_wait"] < MARGIN_SECONDS < SLOW_DNS_SECONDS, times
+    assert times["250"] < runtime + 1.0 + MARGIN_SECONDS, times
+    (env,) = edge.stored()
+    assert env.client["host"] is None
+
+
+def test_concurrent_sessions_wait_for_their_own_bound_only(
+    smtp_edge: Any, slow_dns: Any
+) -> None:
+    """Sessions wait side by side, not one after another."""
+    slow_dns.drop(LOOPBACK_PTR)
+    runtime = 1.5
+    session_class = type("Session", (SmtpSession,), {"ptr_lookup_runtime": runtime})
+    edge = smtp_edge(session_class=session_class)
+    started = time.monotonic()
+    jobs = [gevent.spawn(in_thread, timed_session, edge.address) for _ in range(5)]
+    gevent.joinall(jobs, timeout=SLOW_DNS_SECONDS, raise_error=True)
+    elapsed = time.monotonic() - started
+    assert all(job.successful() for job in jobs)
+    assert all(job.value["banner"] < MARGIN_SECONDS for job in jobs)
+    # Five serialised waits would take 5 x runtime.
+    assert elapsed < runtime + MARGIN_SECONDS < 5 * runtime, elapsed
+    assert len(edge.stored()) == 5

@@ -19,6 +19,7 @@ from support.wsgi_edge import WsgiEdgeUnderTest
 from slimta.edge.wsgi import WsgiEdge, WsgiResponse, WsgiValidators, smtp_reply_header
 from slimta.envelope import Envelope
 from slimta.http import HTTPConnection
+from slimta.http.wsgi import LINGER_SECONDS
 from slimta.queue import QueueError
 from slimta.queue.dict import DictStorage
 from slimta.relay import PermanentRelayError, TransientRelayError
@@ -355,3 +356,94 @@ def test_relay_error_from_a_proxy_queue_reaches_the_client(error: Exception,
     original = error.reply  # type: ignore[attr-defined]
     assert (reply.code, reply.message) == (original.code, original.message)
     assert reply.command == original.command
+
+
+# -- oversized bodies are answered without being read ----------------------------
+
+#: Far less than gevent's drain would wait for the body (the 60 s socket timeout).
+CLOSE_WITHIN_SECONDS = LINGER_SECONDS + 4.0
+
+
+def raw_request_head(edge: WsgiEdgeUnderTest, extra: dict[str, str]) -> bytes:
+    host, port = edge.address
+    headers = {"Host": f"{host}:{port}", **envelope_headers(), **extra}
+    lines = ["POST / HTTP/1.1"] + [f"{name}: {value}" for name, value in headers.items()]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+def read_until_closed(sock: Any, seconds: float) -> tuple[bytes, bool]:
+    """Everything the server sends until it closes, or until ``seconds`` pass.
+
+    :returns: ``(bytes, closed)``.
+    """
+    data = b""
+    try:
+        with gevent.Timeout(seconds):
+            while True:
+                try:
+                    chunk = sock.recv(65536)
+                except ConnectionResetError:
+                    return data, True
+                if not chunk:
+                    return data, True
+                data += chunk
+    except gevent.Timeout:
+        return data, False
+
+
+def test_content_length_over_the_limit_is_answered_before_the_body(wsgi_edge: Any) -> None:
+    """413 right after the headers, then the connection closes: the server never
+    waits for (or reads) the 50 MB the client announced and never sends."""
+    edge = wsgi_edge(max_size=10000)
+    sock = gevent.socket.create_connection(edge.address, timeout=GUARD_SECONDS)
+    try:
+        sock.sendall(raw_request_head(edge, {"Content-Length": str(50 * 1024 * 1024)}))
+        sock.sendall(b"Subject: big\r\n\r\n" + b"x" * 1000)
+        response, closed = read_until_closed(sock, CLOSE_WITHIN_SECONDS)
+    finally:
+        sock.close()
+    head = response.split(b"\r\n\r\n", 1)[0].lower()
+    assert head.startswith(b"http/1.1 413 "), response[:200]
+    assert b'x-smtp-reply: 552; message="5.3.4 ' in head
+    assert b"connection: close" in head
+    assert closed, "the server kept the connection open to drain the body"
+    assert edge.stored() == []
+
+
+def test_chunked_body_over_the_limit_is_not_drained(wsgi_edge: Any) -> None:
+    """A chunked body is read only until it passes the limit; the rest (here: a
+    client that never sends the last chunk) is not waited for."""
+    edge = wsgi_edge(max_size=10000)
+    sock = gevent.socket.create_connection(edge.address, timeout=GUARD_SECONDS)
+    try:
+        sock.sendall(raw_request_head(edge, {"Transfer-Encoding": "chunked"}))
+        piece = b"y" * 4096
+        for _ in range(4):  # 16 KiB > max_size, and no terminating 0-chunk
+            sock.sendall(b"%x\r\n%s\r\n" % (len(piece), piece))
+        response, closed = read_until_closed(sock, CLOSE_WITHIN_SECONDS)
+    finally:
+        sock.close()
+    assert response.lower().startswith(b"http/1.1 413 "), response[:200]
+    assert closed, "the server kept reading the chunked body"
+    assert edge.stored() == []
+
+
+def test_accepted_requests_keep_the_connection(wsgi_edge: Any) -> None:
+    """Only a skipped body closes the connection: two requests on one connection."""
+    edge = wsgi_edge(max_size=10000)
+    host, port = edge.address
+    conn = HTTPConnection(host, port, timeout=10.0)
+    try:
+        with gevent.Timeout(GUARD_SECONDS, AssertionError("requests did not finish")):
+            for index in range(2):
+                conn.request("POST", "/", body=b"Subject: %d\r\n\r\nx\r\n" % index,
+                             headers=envelope_headers())
+                response = conn.getresponse()
+                response.read()
+                assert response.status == 204
+                assert response.getheader("Connection", "").lower() != "close"
+            sock = conn.sock
+            assert sock is not None
+    finally:
+        conn.close()
+    assert len(edge.stored()) == 2

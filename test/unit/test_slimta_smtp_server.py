@@ -173,6 +173,80 @@ def test_everything_pipelined_in_one_write(session: SessionFactory) -> None:
     assert s.recorder.messages == [b"one\r\n", b"two\r\n"]
 
 
+class CountingSocket:
+    """Wraps the server's socket and counts its writes."""
+
+    def __init__(self, sock: Any) -> None:
+        self.sock = sock
+        self.writes: list[bytes] = []
+
+    def send(self, data: Any) -> int:
+        self.writes.append(bytes(data))
+        return int(self.sock.send(data))
+
+    def sendall(self, data: Any) -> None:
+        self.writes.append(bytes(data))
+        self.sock.sendall(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.sock, name)
+
+
+def test_a_pipelined_batch_is_answered_in_one_write(session: SessionFactory) -> None:
+    s = session()
+    counting = CountingSocket(s.server.io.socket)
+    s.server.io.socket = counting
+    # Written before the server first runs: it reads the whole batch at once.
+    s.wire.send(
+        b"EHLO c.test\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@x.test>\r\n"
+        b"RCPT TO:<c@x.test>\r\nDATA\r\n"
+    )
+    assert s.wire.codes(6) == ["220", "250", "250", "250", "250", "354"]
+    # The banner went out before the first read; the five replies in one write.
+    assert len(counting.writes) == 2
+    assert counting.writes[0].startswith(b"220 ")
+    assert [line[:3] for line in counting.writes[1].split(b"\r\n")[:-1]][-4:] == [
+        b"250", b"250", b"250", b"354"]
+    s.wire.send(b"x\r\n.\r\nQUIT\r\n")
+    assert s.wire.codes(2) == ["250", "221"]
+    assert len(counting.writes) == 3  # 250 and 221 together
+    assert s.outcome() is None
+
+
+def test_timeouts_are_not_rebuilt_per_command(
+    session: SessionFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One command timer and one data timer per session, however many commands."""
+    import slimta.smtp.server as server_module
+
+    made: list[Any] = []
+
+    class CountingTimeout(gevent.Timeout):  # type: ignore[misc]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+    monkeypatch.setattr(server_module, "Timeout", CountingTimeout)
+    s = session()
+    s.wire.send(b"EHLO c.test\r\n")
+    assert s.wire.codes(2) == ["220", "250"]
+    for index in range(5):
+        s.wire.send(b"MAIL FROM:<a@x.test>\r\n")
+        assert s.wire.codes(1) == ["250"]
+        s.wire.send(b"RCPT TO:<b@x.test>\r\n")
+        assert s.wire.codes(1) == ["250"]
+        s.wire.send(b"DATA\r\n")
+        assert s.wire.codes(1) == ["354"]
+        s.wire.send(b"m%d\r\n.\r\n" % index)
+        assert s.wire.codes(1) == ["250"]
+    s.wire.send(b"QUIT\r\n")
+    assert s.wire.codes(1) == ["221"]
+    assert s.outcome() is None
+    assert len(s.recorder.messages) == 5
+    assert len(made) == 2
+    assert all(not timer.pending for timer in made)
+
+
 def test_sequence_errors(session: SessionFactory) -> None:
     s = session()
     s.wire.send(

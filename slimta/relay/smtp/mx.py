@@ -29,9 +29,9 @@ from slimta.relay import (
     RelayResult,
     TransientRelayError,
 )
-from slimta.relay.options import MxRelayKeywords, MxRelayOptions
 from slimta.relay._replies import internal_failure, no_valid_recipients
 from slimta.relay._timeouts import Timeouts
+from slimta.relay.options import MxRelayKeywords, MxRelayOptions
 from slimta.relay.pool import closing_error
 from slimta.relay.smtp._domains import address_refusal as _address_refusal
 from slimta.relay.smtp._domains import domain_of as _domain_of

@@ -9,8 +9,8 @@ from __future__ import annotations
 import ssl
 from typing import TYPE_CHECKING
 
-from slimta.relay.options import ClientKeywords, ClientOptions, LmtpRelayOptions
 from slimta.relay._timeouts import Timeouts
+from slimta.relay.options import ClientKeywords, ClientOptions, LmtpRelayOptions
 from slimta.relay.pool import RelayPool
 from slimta.relay.smtp.client import SmtpRelayClient
 from slimta.relay.smtp.lmtpclient import LmtpRelayClient
