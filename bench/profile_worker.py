@@ -2,8 +2,11 @@
 
     python bench/profile_worker.py reuse20 [--profile 2k] [--count 20000] [--top 25]
         [--tool py-spy|perf] [--py-spy PATH] [--rate 1000] [--raw FILE] [--tree DIR]
+    python bench/profile_worker.py queue_dict|queue_disk|queue_redis [--relay-pool N] ...
 
-Starts a postfix smtp-sink, runs ``worker_slimta.py`` (slimta-relay) under py-spy
+Starts a postfix smtp-sink, runs ``worker_slimta.py`` (slimta-relay; for the
+``queue_*`` scenarios ``worker_queue.py``, with a private redis-server for
+``queue_redis``) under py-spy
 (``pip install py-spy`` anywhere; give its path with ``--py-spy`` when it is not on
 PATH) and prints the measured section's costs: self time by line and by function,
 and inclusive time by function, each as a share of the samples. py-spy attaches when
@@ -25,7 +28,7 @@ import sys
 import tempfile
 from collections import Counter
 
-from run import OURS_PY, start_sink
+from run import OURS_PY, start_redis, start_sink
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -86,7 +89,8 @@ def show(title: str, counts: Counter, total: int, top: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawTextHelpFormatter)
-    parser.add_argument("scenario", choices=("reuse1", "reuse20", "noreuse20", "big"))
+    parser.add_argument("scenario", choices=("reuse1", "reuse20", "noreuse20", "big",
+                                             "queue_dict", "queue_disk", "queue_redis"))
     parser.add_argument("--profile", default="2k")
     parser.add_argument("--count", type=int, default=20000)
     parser.add_argument("--top", type=int, default=25)
@@ -99,6 +103,8 @@ def main() -> None:
                         "stacks, or perf.data)")
     parser.add_argument("--tree", metavar="DIR",
                         help="import slimta from DIR (e.g. a `git archive` snapshot)")
+    parser.add_argument("--relay-pool", type=int,
+                        help="queue scenarios: worker_queue.py --relay-pool N")
     args = parser.parse_args()
     if args.tool == "py-spy" and not os.path.exists(args.py_spy):
         raise SystemExit("py-spy not found: pip install py-spy, then pass --py-spy PATH")
@@ -109,9 +115,20 @@ def main() -> None:
     if args.tree:
         env["PYTHONPATH"] = os.path.abspath(args.tree)
     sink, port = start_sink()
+    redis_server = None
     try:
-        cmd = [OURS_PY, "worker_slimta.py", args.scenario, "--port", str(port),
-               "--count", str(args.count), "--profile", args.profile]
+        if args.scenario.startswith("queue_"):
+            store = args.scenario.split("_", 1)[1]
+            cmd = [OURS_PY, "worker_queue.py", store, "--port", str(port),
+                   "--count", str(args.count), "--profile", args.profile]
+            if args.relay_pool is not None:
+                cmd += ["--relay-pool", str(args.relay_pool)]
+            if store == "redis":
+                redis_server, redis_port = start_redis()
+                cmd += ["--redis-port", str(redis_port)]
+        else:
+            cmd = [OURS_PY, "worker_slimta.py", args.scenario, "--port", str(port),
+                   "--count", str(args.count), "--profile", args.profile]
         worker = subprocess.Popen(cmd, cwd=HERE, stdout=subprocess.PIPE, text=True,
                                   env=env)
         assert worker.stdout is not None
@@ -134,6 +151,9 @@ def main() -> None:
     finally:
         sink.kill()
         sink.wait()
+        if redis_server is not None:
+            redis_server.kill()
+            redis_server.wait()
     result = [line for line in lines if line.startswith("RESULT ")]
     if worker.returncode or not result or not os.path.exists(out):
         sys.exit(f"profiled run failed:\n{''.join(lines)[-2000:]}\n{prof_err[-2000:]}")

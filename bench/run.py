@@ -1,6 +1,7 @@
 """Benchmark driver: slimta-relay against its peers, interleaved, in one run.
 
     python bench/run.py [SCENARIO ...] [--rounds 3] [--count 5000] [--profile 2k]
+        [--relay-pools N,N,...]
 
 Scenarios: reuse1, reuse20, noreuse20, big, mx_cached, mx_uncached, mx_memory,
 queue_dict, queue_disk, queue_redis, edge1, edge20 (default: all). Profiles
@@ -196,12 +197,16 @@ def edge_implementations(scenario: str, count: int, dns_port: int, source_file: 
 
 
 def queue_implementations(scenario: str, port: int, count: int, profile: str,
-                          redis_port: int | None) -> dict:
+                          redis_port: int | None, relay_pools: list[int] | None = None) -> dict:
     store = scenario.split("_", 1)[1]
     args = [store, "--port", str(port), "--count", str(count), "--profile", profile]
     if redis_port is not None:
         args += ["--redis-port", str(redis_port)]
     impls = {"slimta-relay": lambda: run_worker([OURS_PY, "worker_queue.py", *args])}
+    for size in relay_pools or ():
+        impls[f"slimta-relay relay_pool={size}"] = (
+            lambda size=size: run_worker([OURS_PY, "worker_queue.py", *args,
+                                          "--relay-pool", str(size)]))
     if store == "dict":
         impls["bare relay reuse20"] = lambda: run_worker(
             [OURS_PY, "worker_slimta.py", "reuse20", "--port", str(port), "--count", str(count),
@@ -307,6 +312,9 @@ def main() -> None:
                         help="message profile from bench/messages.py (default 2k)")
     parser.add_argument("--only", nargs="*", help="implementations to run")
     parser.add_argument("--mx-memory-count", type=int, default=100000)
+    parser.add_argument("--relay-pools", type=lambda text: [int(n) for n in text.split(",")],
+                        metavar="N,N,...", help="queue scenarios: also run slimta-relay with "
+                        "Queue(relay_pool=N) for each N (the default bound is 4 x pool_size)")
     parser.add_argument("--tree", metavar="DIR",
                         help="import slimta from DIR (e.g. a `git archive` snapshot of a commit)"
                         " instead of the working tree")
@@ -344,7 +352,7 @@ def main() -> None:
                 if scenario == "queue_redis":
                     redis, redis_port = start_redis()
                 impls = queue_implementations(scenario, port, args.count, args.profile,
-                                              redis_port)
+                                              redis_port, args.relay_pools)
             else:
                 impls = implementations(scenario, port, args.count, args.profile, source_file)
             if args.only:

@@ -104,7 +104,8 @@ def main() -> None:
     parser.add_argument("--enqueuers", type=int, default=100)
     parser.add_argument("--pool-size", type=int, default=20)
     parser.add_argument("--relay-pool", type=int,
-                        help="Queue(relay_pool=N): at most N attempts at once (default: unlimited)")
+                        help="Queue(relay_pool=N): at most N attempts at once (default: the "
+                        "queue's own, 4 x --pool-size)")
     parser.add_argument("--redis-port", type=int)
     parser.add_argument("--redis-max-connections", type=int, default=1000,
                         help="raise redis-py's connection pool cap (0: leave it)")

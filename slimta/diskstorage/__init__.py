@@ -1,20 +1,26 @@
 """A crash-safe :class:`~slimta.queue.QueueStorage` on the local disk.
 
-Each message is two files: ``<id>.env`` in ``env_dir`` (the envelope, in the
-versioned format of :mod:`slimta.queue.codec`, message bytes as received) and
-``<id>.meta`` in ``meta_dir`` (JSON: when the next attempt is due, how many
-attempts were made, which recipients are done).
+A message is the file ``<id>.env`` in ``env_dir``: one header line with its
+queue metadata (JSON: when the next attempt is due, how many attempts were made,
+how many recipients, which are done), then the envelope in the versioned format
+of :mod:`slimta.queue.codec` (message bytes as received). Once the metadata
+changes, it lives in ``<id>.meta`` in ``meta_dir``, which then overrides the
+header line.
 
 Every file is written the same way: to a temporary file in ``tmp_dir``, which is
 flushed with ``fsync``, renamed over its final name, and then the directory is
 flushed too. A crash at any moment leaves either the old file or the new one,
-never a half-written one. The envelope is written before its metadata and
-:meth:`~DiskStorage.load` only lists metadata, so a message is visible only once
-it is whole; removal deletes the metadata first. The disk work runs in gevent's
-thread pool, so a slow ``fsync`` never blocks the other greenlets.
+never a half-written one. A new message is one file, so storing it costs one
+file flush, and the directory flush is shared by the writers and removals that
+run at the same time (a group commit). :meth:`~DiskStorage.load` lists the
+envelope files, so a message is visible only once it is whole; removal deletes
+the envelope first (durably: the message is then gone), then its metadata. The
+disk work runs in a thread pool, so a slow ``fsync`` never blocks the other
+greenlets.
 
-Files that cannot be read are renamed with a ``.corrupt`` suffix, logged, and
-left for an operator: nothing is deleted that a person might want back.
+Files that cannot be read are moved aside (the metadata renamed, or a marker
+written, with a ``.corrupt`` suffix), logged, and left for an operator: nothing
+is deleted that a person might want back.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
-import gevent
+from gevent.threadpool import ThreadPool
 
 from slimta.envelope import Envelope
 from slimta.logging import getQueueStorageLogger
@@ -43,13 +49,48 @@ log = getQueueStorageLogger(__name__)
 
 _T = TypeVar("_T")
 
-#: The version written in each metadata file.
+#: The version written in each metadata file and header line.
 META_VERSION = 1
+
+#: The first bytes of an envelope file that carries its metadata on its first line.
+SPOOL_MAGIC = b"SLIMTA-SPOOL "
+#: The longest header line read back (the metadata of a message with very
+#: many recipients stays far below it).
+MAX_HEADER_BYTES = 16 * 2**20
 
 #: Leftovers of a crash (a temporary file, or an envelope whose metadata was
 #: never written or already removed) are deleted by :meth:`DiskStorage.load`
 #: once they are this old; no write or removal takes that long.
 ORPHAN_AGE_SECONDS = 3600.0
+
+#: Threads that do the disk work, so that many writers share directory flushes.
+DEFAULT_THREADS = 32
+#: A disk thread with nothing to do ends after this many seconds.
+IDLE_THREAD_SECONDS = 30.0
+
+_CORRUPT = ".corrupt"
+
+
+def _check_meta(meta: Any, id: str) -> dict[str, Any]:
+    # Every field is checked here, so that nothing later trips over a bad type.
+    try:
+        float(meta["timestamp"])
+        int(meta.get("attempts", 0))
+        int(meta.get("recipients", 0))
+        [int(i) for i in meta.get("delivered", [])]
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise ValueError(f"bad metadata for {id}: {exc!r}") from None
+    return dict(meta)
+
+
+def _split_header(data: bytes, id: str) -> tuple[dict[str, Any] | None, bytes]:
+    """The metadata of an envelope file's header line (``None`` if it has none) and the rest."""
+    if not data.startswith(SPOOL_MAGIC):
+        return None, data
+    end = data.find(b"\r\n")
+    if end < 0:
+        raise ValueError(f"bad header line for {id}")
+    return _check_meta(json.loads(data[len(SPOOL_MAGIC) : end]), id), data[end + 2 :]
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -67,10 +108,21 @@ class DiskStorage(QueueStorage):
         ``env_dir``).
     :param tmp_dir: where files are written before being renamed into place;
         it must be on the same file system. Defaults to ``env_dir``.
+    :param threads: how many threads do the disk work (a new keyword). More
+        writers at once share more directory flushes.
     """
 
-    def __init__(self, env_dir: str, meta_dir: str, tmp_dir: str | None = None) -> None:
+    def __init__(
+        self,
+        env_dir: str,
+        meta_dir: str,
+        tmp_dir: str | None = None,
+        *,
+        threads: int = DEFAULT_THREADS,
+    ) -> None:
         super().__init__()
+        self.threads = max(1, int(threads))
+        self._pool: ThreadPool | None = None
         self.env_dir = env_dir
         self.meta_dir = meta_dir
         self.tmp_dir = tmp_dir if tmp_dir is not None else env_dir
@@ -84,10 +136,14 @@ class DiskStorage(QueueStorage):
 
     # --- plumbing -------------------------------------------------------
 
-    @staticmethod
-    def _in_thread(func: Callable[..., _T], *args: Any) -> _T:
+    def _in_thread(self, func: Callable[..., _T], *args: Any) -> _T:
+        pool = self._pool
+        if pool is None:
+            # Made on first use, for the hub of the thread that uses the store;
+            # idle threads end after a while.
+            pool = self._pool = ThreadPool(self.threads, idle_task_timeout=IDLE_THREAD_SECONDS)
         try:
-            return gevent.get_hub().threadpool.apply(func, args)
+            return pool.apply(func, args)
         except (OSError, CodecError, ValueError) as exc:
             raise QueueError(f"disk storage: {exc}") from exc
 
@@ -124,36 +180,64 @@ class DiskStorage(QueueStorage):
 
     def _read_meta(self, id: str) -> dict[str, Any]:
         with open(self._meta_path(id), "rb") as f:
-            meta = json.loads(f.read())
-        # Every field is checked here, so that nothing later trips over a bad type.
-        try:
-            float(meta["timestamp"])
-            int(meta.get("attempts", 0))
-            int(meta.get("recipients", 0))
-            [int(i) for i in meta.get("delivered", [])]
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ValueError(f"bad metadata for {id}: {exc!r}") from None
+            return _check_meta(json.loads(f.read()), id)
+
+    def _read_header(self, id: str) -> dict[str, Any]:
+        """The metadata on the envelope file's first line.
+
+        :raises FileNotFoundError: no such message.
+        :raises ValueError: the file has no readable header line.
+        """
+        with open(self._env_path(id), "rb") as f:
+            line = f.readline(MAX_HEADER_BYTES)
+        meta, _ = _split_header(line, id)
+        if meta is None:
+            raise ValueError(f"no metadata for {id}")
         return meta
+
+    def _current_meta(self, id: str) -> dict[str, Any]:
+        """The message's metadata: its ``.meta`` file, or else its header line."""
+        if self._is_quarantined(id):
+            raise FileNotFoundError(self._env_path(id))
+        try:
+            return self._read_meta(id)
+        except FileNotFoundError:
+            return self._read_header(id)
 
     def _write_meta(self, id: str, meta: dict[str, Any]) -> None:
         data = json.dumps(meta, separators=(",", ":")).encode("ascii")
         self._write_file(self._meta_path(id), [data])
 
-    def _quarantine(self, path: str, why: object) -> None:
-        _log.error("disk storage: unreadable file %s moved aside: %s", path, why)
+    def _is_quarantined(self, id: str) -> bool:
+        return os.path.exists(self._meta_path(id) + _CORRUPT)
+
+    def _quarantine(self, id: str, why: object) -> None:
+        """Unlist a message that cannot be read: its metadata is renamed ``.meta.corrupt``
+        (or, without a ``.meta`` file, such a file is written with the reason)."""
+        path = self._meta_path(id)
+        _log.error("disk storage: unreadable message %s moved aside (%s%s): %s",
+                   id, path, _CORRUPT, why)
         try:
-            os.replace(path, path + ".corrupt")
+            os.replace(path, path + _CORRUPT)
+        except FileNotFoundError:
+            try:
+                with open(path + _CORRUPT, "x") as f:
+                    f.write(f"{why}\n")
+            except OSError:
+                pass
         except OSError:
             pass
 
     # --- QueueStorage ---------------------------------------------------
 
     def write(self, envelope: Envelope, timestamp: float) -> str:
-        """Write the envelope, then its metadata; each durably, before returning.
+        """Write the message (metadata on its first line, then the envelope) durably.
+
+        One file flush, and one flush of ``env_dir`` shared with the writes and
+        removals running at the same time.
 
         :raises slimta.queue.QueueError: the disk refused it.
         """
-        parts = dump_parts(envelope)
         meta = {
             "version": META_VERSION,
             "timestamp": timestamp,
@@ -161,6 +245,8 @@ class DiskStorage(QueueStorage):
             "recipients": len(envelope.recipients),
             "delivered": [],
         }
+        header = SPOOL_MAGIC + json.dumps(meta, separators=(",", ":")).encode("ascii") + b"\r\n"
+        parts = [header, *dump_parts(envelope)]
 
         def work() -> str:
             while True:
@@ -169,7 +255,6 @@ class DiskStorage(QueueStorage):
                     self._write_file(self._env_path(id), parts, exclusive=True)
                 except FileExistsError:
                     continue
-                self._write_meta(id, meta)
                 return id
 
         id = self._in_thread(work)
@@ -178,7 +263,7 @@ class DiskStorage(QueueStorage):
 
     def _update(self, id: str, change: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
         def work() -> dict[str, Any]:
-            meta = self._read_meta(id)
+            meta = self._current_meta(id)
             change(meta)
             self._write_meta(id, meta)
             return meta
@@ -220,53 +305,55 @@ class DiskStorage(QueueStorage):
         log.update_meta(id, delivered_indexes=indexes)
 
     def load(self) -> Iterator[tuple[float, str]]:
-        """Every message with readable metadata, as ``(timestamp, id)``.
+        """Every readable message, as ``(timestamp, id)``.
 
-        Unreadable metadata is moved aside (``.corrupt``), and files left over
-        from a crash that are older than :data:`ORPHAN_AGE_SECONDS` are deleted.
+        Messages whose metadata cannot be read are moved aside (``.corrupt``),
+        and files left over from a crash that are older than
+        :data:`ORPHAN_AGE_SECONDS` are deleted.
         """
         def listing() -> list[tuple[float, str]]:
+            meta_names = set(os.listdir(self.meta_dir))
             found = []
-            for name in os.listdir(self.meta_dir):
-                if not name.endswith(".meta"):
+            for name in os.listdir(self.env_dir):
+                if not name.endswith(".env"):
                     continue
-                id = name[: -len(".meta")]
+                id = name[: -len(".env")]
+                if id + ".meta" + _CORRUPT in meta_names:
+                    continue  # moved aside, kept for a person
                 try:
-                    meta = self._read_meta(id)
+                    if id + ".meta" in meta_names:
+                        meta = self._current_meta(id)
+                    else:
+                        meta = self._read_header(id)
                     found.append((float(meta["timestamp"]), id))
                 except FileNotFoundError:
                     continue  # removed meanwhile
                 except (OSError, ValueError, TypeError) as exc:
-                    self._quarantine(self._meta_path(id), exc)
+                    self._quarantine(id, exc)
             self._remove_orphans()
             return found
 
         return iter(self._in_thread(listing))
 
     def _remove_orphans(self) -> None:
-        # A crash between the two writes of write(), or between the two unlinks
-        # of remove(), leaves an envelope with no metadata (never acknowledged,
-        # or already done); one during a write leaves a temporary file.
-        # Envelopes of quarantined (.corrupt) metadata are kept for a person.
+        # A crash during a write leaves a temporary file; one between the two
+        # unlinks of remove(), or an update racing a removal, leaves metadata
+        # without its envelope. Neither is ever listed.
         too_old = time.time() - ORPHAN_AGE_SECONDS
-        candidates: list[tuple[str, str | None]] = [
-            (os.path.join(self.tmp_dir, name), None)
+        candidates = [
+            os.path.join(self.tmp_dir, name)
             for name in os.listdir(self.tmp_dir)
             if name.endswith(".tmp")
         ]
         candidates += [
-            (os.path.join(self.env_dir, name), name[: -len(".env")])
-            for name in os.listdir(self.env_dir)
-            if name.endswith(".env")
+            os.path.join(self.meta_dir, name)
+            for name in os.listdir(self.meta_dir)
+            if name.endswith(".meta")
+            and not os.path.exists(self._env_path(name[: -len(".meta")]))
         ]
-        for path, id in candidates:
+        for path in candidates:
             try:
                 if os.stat(path).st_mtime > too_old:
-                    continue
-                if id is not None and (
-                    os.path.exists(self._meta_path(id))
-                    or os.path.exists(self._meta_path(id) + ".corrupt")
-                ):
                     continue
                 os.unlink(path)
             except OSError:
@@ -278,20 +365,29 @@ class DiskStorage(QueueStorage):
 
         :raises KeyError: no such message.
         :raises slimta.queue.QueueError: the files cannot be read; when their
-            content is corrupt the metadata file is renamed with a ``.corrupt``
-            suffix, so the message is no longer listed and a later :meth:`get` raises
+            content is corrupt the message is moved aside (``<id>.meta.corrupt``),
+            so it is no longer listed and a later :meth:`get` raises
             :exc:`KeyError`.
         """
         def work() -> tuple[Envelope, int]:
+            if self._is_quarantined(id):
+                raise FileNotFoundError(self._env_path(id))
             try:
-                meta = self._read_meta(id)
+                try:
+                    meta: dict[str, Any] | None = self._read_meta(id)
+                except FileNotFoundError:
+                    meta = None
                 with open(self._env_path(id), "rb") as f:
                     data = f.read()
-                envelope = loads(data)
+                header, body = _split_header(data, id)
+                meta = meta or header
+                if meta is None:
+                    raise ValueError(f"no metadata for {id}")
+                envelope = loads(body)
             except (CodecError, ValueError) as exc:
                 # Unlisted (its envelope file is left as it is, for an
                 # operator); the next get() raises KeyError.
-                self._quarantine(self._meta_path(id), exc)
+                self._quarantine(id, exc)
                 raise
             delivered = [int(i) for i in meta.get("delivered", [])]
             self._remove_delivered_rcpts(envelope, delivered)
@@ -305,22 +401,23 @@ class DiskStorage(QueueStorage):
             raise
 
     def remove(self, id: str) -> None:
-        """Delete the metadata (durably: the message is then gone), then the envelope.
+        """Delete the envelope (durably: the message is then gone), then its metadata.
 
-        The envelope's removal needs no flush of its own: an envelope file
-        without metadata is never delivered, and :meth:`load` clears such
-        leftovers.
+        The metadata's removal needs no flush of its own: metadata without an
+        envelope is never listed, and :meth:`load` clears such leftovers. The
+        flush of ``env_dir`` is shared with the writes and removals running at
+        the same time.
         """
 
         def work() -> None:
             try:
-                os.unlink(self._meta_path(id))
+                os.unlink(self._env_path(id))
             except FileNotFoundError:
                 pass
             else:
-                self._sync_dir(self.meta_dir)
+                self._sync_dir(self.env_dir)
             try:
-                os.unlink(self._env_path(id))
+                os.unlink(self._meta_path(id))
             except FileNotFoundError:
                 pass
 
@@ -328,8 +425,14 @@ class DiskStorage(QueueStorage):
         log.remove(id)
 
     def get_info(self) -> dict[str, Any]:
-        """``{'size': <messages stored>}``."""
+        """``{'size': <messages stored>}`` (envelope files not moved aside)."""
         def count() -> int:
-            return sum(1 for name in os.listdir(self.meta_dir) if name.endswith(".meta"))
+            meta_names = set(os.listdir(self.meta_dir))
+            return sum(
+                1
+                for name in os.listdir(self.env_dir)
+                if name.endswith(".env")
+                and name[: -len(".env")] + ".meta" + _CORRUPT not in meta_names
+            )
 
         return {"size": self._in_thread(count)}

@@ -18,6 +18,7 @@ from slimta.smtp.reply import Reply
 
 __all__ = [
     "Outcome",
+    "all_delivered",
     "bounce_address",
     "classify",
     "default_backoff",
@@ -131,6 +132,35 @@ def _one(value: Any) -> tuple[str, Reply | None]:
     if isinstance(value, BaseException):
         return "transient", unhandled_reply(value)
     return "transient", Reply("450", f"4.0.0 Unexpected relay result: {type(value).__name__}")
+
+
+def _is_success(value: Any) -> bool:
+    # What _one() calls "delivered": None, or a Reply that is not a 4xx/5xx error.
+    if value is None:
+        return True
+    return isinstance(value, Reply) and not str(value.code or "").startswith(("4", "5"))
+
+
+def all_delivered(recipients: Sequence[str], current: Sequence[str], result: Any) -> bool:
+    """True when :func:`classify` would call every recipient delivered (the common case).
+
+    A cheap check that builds nothing; ``False`` means "ask :func:`classify`",
+    never "failed".
+    """
+    if not isinstance(result, Mapping):
+        return _is_success(result)
+    same_count = len(current) == len(recipients)
+    missing = _MISSING
+    for index, rcpt in enumerate(recipients):
+        value = result.get(rcpt, missing)
+        if value is missing and same_count:
+            value = result.get(current[index], missing)
+        if value is missing or not _is_success(value):
+            return False
+    return True
+
+
+_MISSING: Any = object()
 
 
 def classify(recipients: Sequence[str], current: Sequence[str], result: Any) -> Outcome:

@@ -9,9 +9,12 @@ The IDs of stored messages are kept in the set ``<prefix>ids`` (what
 :meth:`RedisStorage.load` reads, without scanning the key space), and each new
 ID is pushed on the list ``<prefix>queue`` for :meth:`RedisStorage.wait`.
 
-Each operation is one round trip: writes go out as one ``MULTI``/``EXEC``, and
-the updates that must not recreate a removed message (or must read before they
-write) run as small server-side scripts. Sockets are gevent's, so a slow Redis
+Each operation is at most one round trip: writes go out as one
+``MULTI``/``EXEC``, and the updates that must not recreate a removed message (or
+must read before they write) run as small server-side scripts. Writes and
+removals that greenlets make at the same time share round trips: one
+``MULTI``/``EXEC`` carries all of them (a group commit), and
+:meth:`~RedisStorage.wait` takes the queued IDs in batches. Sockets are gevent's, so a slow Redis
 never blocks other greenlets. How durable a write is depends on the server's
 persistence settings: with ``appendonly yes`` and ``appendfsync always`` an
 acknowledged write survives a crash of Redis itself.
@@ -23,9 +26,11 @@ import json
 import logging
 import socket
 import uuid
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
+import gevent
 import redis
 from gevent import socket as gsocket
 from gevent.lock import BoundedSemaphore
@@ -34,6 +39,8 @@ from slimta.envelope import Envelope
 from slimta.logging import getQueueStorageLogger
 from slimta.queue import QueueError, QueueStorage
 from slimta.queue.codec import CodecError, dumps, loads
+
+from ._batch import Coalescer
 
 __all__ = ["RedisStorage", "GeventConnection"]
 
@@ -44,6 +51,9 @@ _T = TypeVar("_T")
 
 #: The version written in each message's hash.
 FORMAT_VERSION = 1
+
+#: :meth:`RedisStorage.wait` takes at most this many queue entries per round trip.
+WAIT_BATCH = 512
 
 # KEYS[1] the message; ARGV[1] the field, ARGV[2] the value. Nothing is created
 # for a message that is gone.
@@ -83,6 +93,14 @@ end
 redis.call('HSET', KEYS[1], 'delivered', table.concat(out, ','))
 return #out
 """
+
+
+#: Queues one operation's commands on a pipeline; returns how many it queued.
+_Commands = Callable[[Any], int]
+
+
+def _interrupted() -> Exception:
+    return QueueError("redis storage: the operation was interrupted")
 
 
 class GeventConnection(redis.Connection):
@@ -146,9 +164,19 @@ class RedisStorage(QueueStorage):
         # BLPOP must give up before the socket does; an empty answer just means
         # wait() is called again.
         self._block_for = 5.0 if socket_timeout is None else max(0.1, socket_timeout / 2)
+        # Whether the next wait() should first take what is already queued
+        # (one round trip for up to WAIT_BATCH entries) before blocking.
+        self._drain_first = True
         self._set_if_exists = self.redis.register_script(_SET_IF_EXISTS)
         self._incr_if_exists = self.redis.register_script(_INCR_IF_EXISTS)
         self._mark_delivered = self.redis.register_script(_MARK_DELIVERED)
+        # Writes and removals of concurrent greenlets, sent together; one
+        # batcher per hub, since greenlets of different threads never share
+        # a batch (keyed by hub, not by thread: monkey-patching makes
+        # threading.local per greenlet).
+        self._batchers: weakref.WeakKeyDictionary[Any, Coalescer[_Commands]] = (
+            weakref.WeakKeyDictionary()
+        )
 
     def _key(self, id: str | bytes) -> str:
         if isinstance(id, bytes):
@@ -166,8 +194,37 @@ class RedisStorage(QueueStorage):
         except redis.RedisError as exc:
             raise QueueError(f"redis storage: {exc}") from exc
 
+    def _send_batch(self, ops: list[_Commands]) -> list[object]:
+        """Send every operation's commands in one ``MULTI``/``EXEC``; one result list each."""
+
+        def work() -> list[object]:
+            pipe = self.redis.pipeline(transaction=True)
+            counts = [op(pipe) for op in ops]
+            replies = pipe.execute(raise_on_error=False)
+            out: list[object] = []
+            start = 0
+            for count in counts:
+                out.append(replies[start : start + count])
+                start += count
+            return out
+
+        return self._call(None, work)
+
+    def _batched(self, op: _Commands) -> None:
+        hub = gevent.get_hub()
+        batches = self._batchers.get(hub)
+        if batches is None:
+            batches = self._batchers[hub] = Coalescer(self._send_batch, _interrupted)
+        replies = batches.run(op)
+        for reply in replies if isinstance(replies, list) else ():
+            if isinstance(reply, Exception):
+                raise QueueError(f"redis storage: {reply}") from reply
+
     def write(self, envelope: Envelope, timestamp: float) -> str:
         """Store the message, its metadata, its ID and the wake-up entry in one transaction.
+
+        Writes made at the same time by other greenlets share that transaction
+        and its round trip.
 
         :raises slimta.queue.QueueError: Redis refused it or could not be reached.
         """
@@ -181,14 +238,15 @@ class RedisStorage(QueueStorage):
             "recipients": len(envelope.recipients),
         }
 
-        def work() -> None:
-            pipe = self.redis.pipeline(transaction=True)
+        entry = json.dumps([float(timestamp), id])
+
+        def commands(pipe: Any) -> int:
             pipe.hset(self._key(id), mapping=mapping)
             pipe.sadd(self.ids_key, id)
-            pipe.rpush(self.queue_key, json.dumps([float(timestamp), id]))
-            pipe.execute()
+            pipe.rpush(self.queue_key, entry)
+            return 3
 
-        self._call(None, work)
+        self._batched(commands)
         log.write(id, envelope)
         return id
 
@@ -289,28 +347,53 @@ class RedisStorage(QueueStorage):
             _log.exception("redis storage: could not move %s aside", id)
 
     def remove(self, id: str) -> None:
-        """Delete the message and its ID."""
+        """Delete the message and its ID (one round trip, shared with concurrent callers)."""
 
-        def work() -> None:
-            pipe = self.redis.pipeline(transaction=True)
+        def commands(pipe: Any) -> int:
             pipe.delete(self._key(id))
             pipe.srem(self.ids_key, id)
-            pipe.execute()
+            return 2
 
-        self._call(None, work)
+        self._batched(commands)
         log.remove(id)
 
     def wait(self) -> list[tuple[float, str]]:
-        """Block until another process stores a message; returns its ``(timestamp, id)``."""
-        popped = self._call(None, lambda: self.redis.blpop([self.queue_key], self._block_for))
-        if not popped:
-            return []
-        try:
-            timestamp, id = json.loads(popped[1])
-            return [(float(timestamp), str(id))]
-        except (ValueError, TypeError):
-            _log.error("redis storage: bad queue entry %r", popped)
-            return []
+        """Block until messages are stored (by any process); returns their ``(timestamp, id)``.
+
+        Entries already queued are taken up to :data:`WAIT_BATCH` at a time, in
+        one round trip; only when none is left does it block (``BLPOP``), and
+        an empty list after a while without news just means "call again".
+        """
+        raw: list[bytes] = []
+        if self._drain_first:
+            raw = self._call(None, self._pop_batch)
+        if raw:
+            # A full batch probably left more behind: drain again next time.
+            self._drain_first = len(raw) >= WAIT_BATCH
+        else:
+            popped = self._call(None, lambda: self.redis.blpop([self.queue_key], self._block_for))
+            if not popped:
+                self._drain_first = False
+                return []
+            raw = [popped[1]]
+            self._drain_first = True  # more may have come in with it
+        entries = []
+        for item in raw:
+            try:
+                timestamp, id = json.loads(item)
+                entries.append((float(timestamp), str(id)))
+            except (ValueError, TypeError):
+                _log.error("redis storage: bad queue entry %r", item)
+        return entries
+
+    def _pop_batch(self) -> list[bytes]:
+        # LRANGE + LTRIM in one MULTI/EXEC: atomic, so two waiters never take
+        # the same entry, and one round trip however many entries it takes.
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.lrange(self.queue_key, 0, WAIT_BATCH - 1)
+        pipe.ltrim(self.queue_key, WAIT_BATCH, -1)
+        entries, _ = pipe.execute()
+        return list(entries)
 
     def get_info(self) -> dict[str, Any]:
         """``{'size': <messages stored>}``."""

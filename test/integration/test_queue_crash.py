@@ -106,17 +106,28 @@ def store_spec(request, tmp_path) -> Iterator[StoreSpec]:
     if request.param == "disk":
         base = tmp_path / "spool"
         meta_dir = base / "meta"
+        env_dir = base / "env"
 
         def disk_size() -> int:
-            if not meta_dir.exists():
+            # A message is its envelope file (its metadata may be in a .meta file).
+            if not env_dir.exists():
                 return 0
-            return sum(1 for name in os.listdir(meta_dir) if name.endswith(".meta"))
+            return sum(1 for name in os.listdir(env_dir) if name.endswith(".env"))
 
         def disk_meta(qid: str) -> Any:
+            # The .meta file once the metadata changed, else the envelope's header line.
             try:
                 return json.loads((meta_dir / (qid + ".meta")).read_bytes())
             except (FileNotFoundError, ValueError):
+                pass
+            try:
+                with open(env_dir / (qid + ".env"), "rb") as f:
+                    line = f.readline()
+            except FileNotFoundError:
                 return None
+            if not line.startswith(b"SLIMTA-SPOOL "):
+                return None
+            return json.loads(line[len(b"SLIMTA-SPOOL ") :])
 
         yield StoreSpec("disk", f"disk:{base}", disk_size, disk_meta)
         return

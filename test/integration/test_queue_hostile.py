@@ -622,17 +622,19 @@ def test_many_messages_through_redis_each_attempted_once(make_queue, redis_store
 def test_crash_leftovers_in_the_spool_are_cleaned_once_old(disk, tmp_path) -> None:
     kept = disk.write(make_env("a@x.test"), 0.0)
     quarantined = disk.write(make_env("b@x.test"), 0.0)
+    disk.increment_attempts(quarantined)  # so that it has a .meta file
     (tmp_path / "meta" / f"{quarantined}.meta").rename(
         tmp_path / "meta" / f"{quarantined}.meta.corrupt"
     )
     old = 1_000_000_000
     leftovers = {
-        "orphan-env": tmp_path / "env" / "0123abcd.env",  # its metadata never written
+        # metadata whose envelope is gone (a crash between remove()'s unlinks)
+        "orphan-meta": tmp_path / "meta" / "0123abcd.meta",
         "half-written": tmp_path / "tmp" / "4567ef.tmp",
     }
     fresh = {
-        "fresh-env": tmp_path / "env" / "89abcdef.env",  # perhaps a write in progress
-        "fresh-tmp": tmp_path / "tmp" / "0246.tmp",
+        "fresh-meta": tmp_path / "meta" / "89abcdef.meta",  # perhaps a removal in progress
+        "fresh-tmp": tmp_path / "tmp" / "0246.tmp",  # perhaps a write in progress
     }
     for path in [*leftovers.values(), *fresh.values()]:
         path.write_bytes(b"partial")

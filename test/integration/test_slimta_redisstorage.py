@@ -139,3 +139,84 @@ def test_more_concurrent_writers_than_connections_wait_their_turn(redis_server, 
         if keys:
             store.redis.delete(*keys)
         store.redis.connection_pool.disconnect()
+
+
+class RequestCounter:
+    """Counts the requests (round trips) a store's client writes to Redis."""
+
+    def __init__(self, store, monkeypatch):
+        import redis
+
+        self.count = 0
+        real = redis.Connection.send_packed_command
+
+        def send_packed_command(conn, command, check_health=True):
+            self.count += 1
+            return real(conn, command, check_health)
+
+        monkeypatch.setattr(redis.Connection, "send_packed_command", send_packed_command)
+
+
+def test_wait_takes_what_is_queued_in_one_round_trip(store, monkeypatch):
+    ids = [store.write(make_envelope(), float(i)) for i in range(50)]
+    requests = RequestCounter(store, monkeypatch)
+    assert store.wait() == [(float(i), id) for i, id in enumerate(ids)]
+    assert requests.count == 1
+    assert store.redis.llen(store.queue_key) == 0
+
+
+def test_wait_takes_batches_and_then_blocks(redis_server, redis_prefix, monkeypatch):
+    from slimta import redisstorage
+
+    monkeypatch.setattr(redisstorage, "WAIT_BATCH", 10)
+    store = RedisStorage(
+        redis_server.host, redis_server.port, prefix=redis_prefix, socket_timeout=0.4
+    )
+    try:
+        ids = [store.write(make_envelope(), float(i)) for i in range(25)]
+        got = [store.wait() for _ in range(3)]
+        assert [len(batch) for batch in got] == [10, 10, 5]
+        assert [id for batch in got for _, id in batch] == ids  # in order, each once
+        # Nothing left: it blocks (BLPOP) and then gives up empty-handed.
+        assert store.wait() == []
+        later = store.write(make_envelope(), 99.0)
+        assert store.wait() == [(99.0, later)]
+    finally:
+        keys = store.redis.keys(redis_prefix + "*")
+        if keys:
+            store.redis.delete(*keys)
+        store.redis.connection_pool.disconnect()
+
+
+def test_concurrent_writes_and_removals_share_round_trips(store, monkeypatch):
+    requests = RequestCounter(store, monkeypatch)
+    jobs = [gevent.spawn(store.write, make_envelope(), float(i)) for i in range(100)]
+    gevent.joinall(jobs, timeout=10, raise_error=True)
+    ids = [job.value for job in jobs]
+    written = requests.count
+    assert len(set(ids)) == 100 and store.get_info() == {"size": 100}
+    assert all(store.get(id)[0].recipients == make_envelope().recipients for id in ids[::10])
+    requests.count = 0
+    removals = [gevent.spawn(store.remove, id) for id in ids]
+    gevent.joinall(removals, timeout=10, raise_error=True)
+    removed = requests.count
+    assert store.get_info() == {"size": 0}
+    for id in ids[::10]:
+        with pytest.raises(KeyError):
+            store.get(id)
+    # A lone write would take one round trip each; together they share them.
+    assert written <= 10 and removed <= 10, (written, removed)
+
+
+def test_a_failed_command_in_a_shared_batch_fails_only_its_own_caller(store, monkeypatch):
+    import uuid
+
+    ids = iter([uuid.UUID(int=n) for n in range(1, 4)])
+    monkeypatch.setattr(uuid, "uuid4", lambda: next(ids))
+    # A key of the wrong type makes the second message's HSET fail inside the batch.
+    store.redis.set(store.prefix + uuid.UUID(int=2).hex, "not a hash")
+    jobs = [gevent.spawn(store.write, make_envelope(), 1.0) for _ in range(3)]
+    gevent.joinall(jobs, timeout=10)
+    assert isinstance(jobs[1].exception, QueueError)
+    assert jobs[0].value == uuid.UUID(int=1).hex and jobs[2].value == uuid.UUID(int=3).hex
+    assert store.get(jobs[0].value)[1] == 0 and store.get(jobs[2].value)[1] == 0

@@ -68,7 +68,8 @@ def test_delivered_indexes_are_relative_to_the_last_get(store):
     store.set_recipients_delivered(id, [0, 2])
     env, _ = store.get(id)
     assert env.recipients == ["c@example.net"]
-    meta = json.loads(open(store._meta_path(id), "rb").read())
+    with open(store._meta_path(id), "rb") as f:
+        meta = json.loads(f.read())
     assert meta["delivered"] == [0, 1, 3]
 
 
@@ -84,7 +85,9 @@ def test_remove(store, tmp_path):
     assert list(store.load()) == []
 
 
-def test_every_file_is_fsynced_then_renamed_then_its_directory(store, monkeypatch):
+def test_a_new_message_is_one_file_fsynced_then_renamed_then_its_directory(
+    store, monkeypatch, tmp_path
+):
     calls = []
     real_fsync, real_replace = os.fsync, os.replace
 
@@ -98,39 +101,55 @@ def test_every_file_is_fsynced_then_renamed_then_its_directory(store, monkeypatc
 
     monkeypatch.setattr(os, "fsync", fsync)
     monkeypatch.setattr(os, "replace", replace)
-    store.write(make_envelope(), 0.0)
-    assert calls == [
-        ("fsync", False),
-        ("replace", "env"),
-        ("fsync", True),
-        ("fsync", False),
-        ("replace", "meta"),
-        ("fsync", True),
-    ]
+    id = store.write(make_envelope(), 0.0)
+    # Its metadata is the envelope file's first line: one file, one flush.
+    assert calls == [("fsync", False), ("replace", "env"), ("fsync", True)]
+    assert os.listdir(tmp_path / "meta") == []
+    with open(tmp_path / "env" / f"{id}.env", "rb") as f:
+        assert f.readline().startswith(b"SLIMTA-SPOOL {")
+    # A metadata change is a file of its own, written the same way.
+    calls.clear()
+    store.increment_attempts(id)
+    assert calls == [("fsync", False), ("replace", "meta"), ("fsync", True)]
 
 
 def test_half_written_files_are_never_visible(store, tmp_path):
     id = store.write(make_envelope(), 5.0)
-    # A crash before the rename leaves only a temporary file; one between the
-    # two writes leaves an envelope without metadata. Neither is listed.
+    # A crash before the rename leaves only a temporary file; an envelope
+    # without metadata (as an older release's crash between its two writes
+    # left one) is moved aside. Neither is listed.
     (tmp_path / "tmp" / "deadbeef.tmp").write_bytes(b"SLIMTA-ENV")
     (tmp_path / "env" / "orphan.env").write_bytes(codec.dumps(make_envelope()))
     assert list(store.load()) == [(5.0, id)]
+    assert (tmp_path / "meta" / "orphan.meta.corrupt").exists()
+    assert (tmp_path / "env" / "orphan.env").exists()
 
 
 def test_corrupt_files_are_moved_aside_and_reported(store, tmp_path):
     good = store.write(make_envelope(), 1.0)
     bad_meta = store.write(make_envelope(), 2.0)
     bad_env = store.write(make_envelope(), 3.0)
+    bad_body = store.write(make_envelope(), 4.0)
     (tmp_path / "meta" / (bad_meta + ".meta")).write_bytes(b"{not json")
     (tmp_path / "env" / (bad_env + ".env")).write_bytes(b"garbage")
-    assert sorted(store.load()) == [(1.0, good), (3.0, bad_env)]
+    with open(tmp_path / "env" / (bad_body + ".env"), "rb") as f:
+        header = f.readline()
+    (tmp_path / "env" / (bad_body + ".env")).write_bytes(header + b"garbage")
+    # Unreadable metadata (its file, or the header line) is found by load().
+    assert sorted(store.load()) == [(1.0, good), (4.0, bad_body)]
     assert (tmp_path / "meta" / (bad_meta + ".meta.corrupt")).exists()
-    with pytest.raises(QueueError):
-        store.get(bad_env)
     assert (tmp_path / "meta" / (bad_env + ".meta.corrupt")).exists()
-    assert (tmp_path / "env" / (bad_env + ".env")).exists()  # kept for a person
-    assert list(store.load()) == [(1.0, good)]
+    # An unreadable envelope behind a good header line, by get().
+    with pytest.raises(QueueError):
+        store.get(bad_body)
+    assert (tmp_path / "meta" / (bad_body + ".meta.corrupt")).exists()
+    for id in (bad_meta, bad_env, bad_body):
+        assert (tmp_path / "env" / (id + ".env")).exists()  # kept for a person
+        with pytest.raises(KeyError):
+            store.get(id)
+        with pytest.raises(KeyError):
+            store.increment_attempts(id)
+    assert list(store.load()) == [(1.0, good)] and store.get_info() == {"size": 1}
 
 
 def test_store_failure_is_a_queue_error(tmp_path):
@@ -220,11 +239,75 @@ def test_concurrent_writers_share_directory_flushes(monkeypatch, tmp_path):
     assert syncer.flushes == 2 and len(calls) == 2
 
 
-def test_remove_flushes_only_the_metadata_directory(store, monkeypatch, tmp_path):
+def test_remove_flushes_only_the_envelope_directory(store, monkeypatch, tmp_path):
     id = store.write(make_envelope(), 0.0)
+    store.increment_attempts(id)  # so that there is a .meta file to delete too
     synced = []
     for path, syncer in store._dir_syncs.items():
         monkeypatch.setattr(syncer, "sync", lambda path=path: synced.append(path))
     store.remove(id)
-    assert synced == [os.path.normpath(str(tmp_path / "meta"))]
+    assert synced == [os.path.normpath(str(tmp_path / "env"))]
     assert os.listdir(tmp_path / "env") == [] and os.listdir(tmp_path / "meta") == []
+
+
+def test_concurrent_writes_take_one_file_flush_each_and_share_the_directory_flush(
+    store, monkeypatch, tmp_path
+):
+    from slimta.diskstorage import _fsync
+
+    writers = 10
+    syncer = store._dir_syncs[os.path.normpath(str(tmp_path / "env"))]
+    file_flushes = []
+    dir_flushes = []
+    real_fsync, real_fsync_dir = os.fsync, _fsync.fsync_dir
+
+    def fsync(fd):
+        if not os.path.isdir(f"/proc/self/fd/{fd}"):
+            file_flushes.append(fd)
+        return real_fsync(fd)
+
+    def fsync_dir(path):
+        dir_flushes.append(path)
+        if len(dir_flushes) == 1:
+            # Hold the first directory flush until every writer has asked for
+            # one: they must then share the next.
+            deadline = time.monotonic() + 10
+            while syncer._requested < writers and time.monotonic() < deadline:
+                time.sleep(0.001)
+        real_fsync_dir(path)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(_fsync, "fsync_dir", fsync_dir)
+    jobs = [gevent.spawn(store.write, make_envelope(), float(i)) for i in range(writers)]
+    gevent.joinall(jobs, timeout=10, raise_error=True)
+    assert len(file_flushes) == writers
+    assert len(dir_flushes) == 2 and syncer.flushes == 2
+    assert sorted(store.load()) == sorted((float(i), job.value) for i, job in enumerate(jobs))
+    # Removals need no file flush, and share the directory's too.
+    file_flushes.clear()
+    removals = [gevent.spawn(store.remove, job.value) for job in jobs]
+    gevent.joinall(removals, timeout=10, raise_error=True)
+    assert file_flushes == [] and syncer.flushes <= 2 + writers
+    assert list(store.load()) == [] and store.get_info() == {"size": 0}
+
+
+def test_disk_work_runs_on_the_stores_own_threads(tmp_path):
+    store = DiskStorage(str(tmp_path / "env"), str(tmp_path / "meta"), threads=3)
+    store.write(make_envelope(), 0.0)
+    assert store.threads == 3 and store._pool is not None and store._pool.maxsize == 3
+    assert store._pool is not gevent.get_hub().threadpool
+
+
+def test_one_directory_for_everything(tmp_path):
+    spool = str(tmp_path / "spool")
+    store = DiskStorage(spool, spool)
+    id = store.write(make_envelope(), 3.0)
+    other = store.write(make_envelope(), 4.0)
+    assert store.increment_attempts(id) == 1
+    store.set_recipients_delivered(id, [0])
+    again = DiskStorage(spool, spool)
+    assert sorted(again.load()) == [(3.0, id), (4.0, other)]
+    env, attempts = again.get(id)
+    assert attempts == 1 and env.recipients == make_envelope().recipients[1:]
+    again.remove(id)
+    assert os.listdir(spool) == [other + ".env"] and again.get_info() == {"size": 1}

@@ -806,3 +806,33 @@ def test_every_recipient_is_delivered_once_or_bounced_once(
     bounced = [r for rcpts_ in bounced_rcpts(sink) for r in rcpts_]
     assert sorted(delivered + bounced) == sorted(rcpts)
     assert len(set(delivered)) == len(delivered) and len(set(bounced)) == len(bounced)
+
+
+def test_all_delivered_agrees_with_classify() -> None:
+    from slimta.queue._outcome import all_delivered
+
+    ok, soft, hard = Reply("250", "2.0.0 Ok"), Reply("450", "4.0.0 Later"), Reply("550", "5.0.0 No")
+    rcpts = ["a@x.test", "b@x.test"]
+    cases: list[tuple[list[str], Any]] = [
+        (rcpts, None),
+        (rcpts, ok),
+        (rcpts, soft),
+        (rcpts, hard),
+        (rcpts, Reply(None, "no code")),
+        (rcpts, {"a@x.test": ok, "b@x.test": None}),
+        (rcpts, {"a@x.test": ok, "b@x.test": hard}),
+        (rcpts, {"a@x.test": ok}),  # b missing: retried, never "delivered"
+        (rcpts, {"a@x.test": ok, "b@x.test": TransientRelayError("x")}),
+        (["A@x.test", "b@x.test"], {"a@x.test": ok, "b@x.test": ok}),  # rewritten by a policy
+        (["a@x.test"], {"a@x.test": ok, "z@x.test": ok}),  # count changed: by address only
+        (rcpts, [ok, ok]),
+        (rcpts, "garbage"),
+    ]
+    for current, result in cases:
+        outcome = classify(rcpts, current, result)
+        expected = len(outcome.delivered) == len(rcpts)
+        got = all_delivered(rcpts, current, result)
+        if isinstance(result, list):
+            assert got is False  # not its shape: classify() decides
+        else:
+            assert got is expected, (current, result)
