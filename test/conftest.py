@@ -5,4 +5,5 @@ pytest_plugins = [
     "support.servers",
     "support.dns_server",
     "support.reliability",
+    "support.celery_workers",
 ]

@@ -10,12 +10,19 @@ The message is stored as bytes, never re-encoded, so what is delivered after a
 restart is what was received (with the header fields code changed). The version
 number lets a newer release read what an older one wrote. Attributes a program
 set on the envelope itself travel too (pickled, as python-slimta's stores did).
+
+With ``allow_pickle=False`` (what :mod:`slimta.celeryqueue` uses) nothing is
+pickled: attributes JSON can represent travel as JSON in the ``attrs`` field,
+others are left out with a warning, and :func:`loads` refuses stored bytes that
+carry pickled attributes instead of unpickling them. Older readers ignore
+``attrs``, so the format version stays 1.
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import logging
 import pickle
 from typing import Any
 
@@ -33,15 +40,21 @@ _KNOWN = frozenset(
 )
 _PRIVATE_PREFIX = "_"
 
+_log = logging.getLogger(__name__)
+
 
 class CodecError(ValueError):
     """Stored bytes that are not an envelope this release can read."""
 
 
-def dump_parts(envelope: Envelope) -> list[bytes]:
+def dump_parts(envelope: Envelope, *, allow_pickle: bool = True) -> list[bytes]:
     """The stored form of ``envelope`` as a list of byte strings to write in order.
 
     The message body is one of them, unjoined, so a large body is not copied.
+
+    :param allow_pickle: when false, extra attributes (and a ``client`` JSON
+        cannot hold exactly) are written as JSON where JSON can represent them
+        and left out, with a warning, where it cannot.
     """
     if envelope.message is None:
         header, body, has_message = b"", b"", False
@@ -71,20 +84,43 @@ def dump_parts(envelope: Envelope) -> list[bytes]:
         meta["client"] = client
     else:  # not plain JSON (tuples, bytes, objects): keep the exact values
         extra["client"] = envelope.client
-    if extra:
+    if extra and allow_pickle:
         meta["pickled"] = base64.b64encode(pickle.dumps(extra, protocol=4)).decode("ascii")
+    elif extra:
+        meta.update(_json_attrs(extra))
     line = json.dumps(meta, separators=(",", ":"), ensure_ascii=True).encode("ascii")
     return [MAGIC + str(VERSION).encode("ascii") + b"\r\n" + line + b"\r\n", header, body]
 
 
-def dumps(envelope: Envelope) -> bytes:
-    """The stored form of ``envelope``."""
-    return b"".join(dump_parts(envelope))
+def _json_attrs(extra: dict[str, Any]) -> dict[str, Any]:
+    """``client`` and ``attrs`` entries for the no-pickle form; drops what JSON cannot hold."""
+    out: dict[str, Any] = {}
+    attrs: dict[str, Any] = {}
+    for key, value in extra.items():
+        try:
+            plain = json.loads(json.dumps(value))
+        except (TypeError, ValueError):
+            _log.warning("envelope attribute %r is not JSON; not stored", key)
+            continue
+        if key == "client":
+            out["client"] = plain
+        else:
+            attrs[key] = plain
+    if attrs:
+        out["attrs"] = attrs
+    return out
 
 
-def loads(data: bytes) -> Envelope:
+def dumps(envelope: Envelope, *, allow_pickle: bool = True) -> bytes:
+    """The stored form of ``envelope`` (see :func:`dump_parts` for ``allow_pickle``)."""
+    return b"".join(dump_parts(envelope, allow_pickle=allow_pickle))
+
+
+def loads(data: bytes, *, allow_pickle: bool = True) -> Envelope:
     """Read an envelope written by :func:`dumps`.
 
+    :param allow_pickle: when false, bytes carrying pickled attributes are
+        refused (:exc:`CodecError`), never unpickled.
     :raises CodecError: the bytes are not a stored envelope, or were written by a
         newer format version.
     """
@@ -103,6 +139,8 @@ def loads(data: bytes) -> Envelope:
         raise CodecError(f"stored envelope format {version} is not supported")
     if not isinstance(meta, dict) or not isinstance(meta.get("recipients"), list):
         raise CodecError("corrupt stored envelope: bad metadata")
+    if meta.get("pickled") and not allow_pickle:
+        raise CodecError("stored envelope carries pickled attributes; refused")
     try:
         return _build(meta, data[second + 2 :])
     except CodecError:
@@ -126,6 +164,13 @@ def _build(meta: dict[str, Any], message: bytes) -> Envelope:
     ):
         raise CodecError(f"corrupt stored envelope: timestamp {timestamp!r}")
     envelope.timestamp = timestamp
+    attrs = meta.get("attrs")
+    if attrs is not None and not isinstance(attrs, dict):
+        raise CodecError("corrupt stored envelope: bad attrs")
+    for key, value in (attrs or {}).items():
+        if key in _KNOWN or key.startswith(_PRIVATE_PREFIX):
+            raise CodecError(f"corrupt stored envelope: attribute {key!r}")
+        setattr(envelope, key, value)
     pickled = meta.get("pickled")
     if pickled:
         try:
