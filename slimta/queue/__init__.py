@@ -34,7 +34,7 @@ from slimta.relay import PermanentRelayError, Relay, TransientRelayError
 from slimta.relay.pool import RelayPool
 from slimta.smtp.reply import Reply
 
-from ._outcome import (
+from .outcome import (
     Outcome,
     all_delivered,
     bounce_address,

@@ -14,7 +14,7 @@ from slimta.envelope import Envelope
 from slimta.logging import log_exception
 from slimta.relay import PermanentRelayError, Relay, RelayError, TransientRelayError
 
-from ._outcome import classify, unhandled_reply
+from .outcome import classify, unhandled_reply
 
 __all__ = ["ProxyQueue"]
 

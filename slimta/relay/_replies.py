@@ -11,8 +11,8 @@ from __future__ import annotations
 import re
 
 from slimta.relay import TransientRelayError
-from slimta.smtp._wire import AddressError, check_address
 from slimta.smtp.reply import Reply
+from slimta.smtp.syntax import AddressError, check_address
 
 __all__ = [
     "MAX_DETAIL_CHARS",

@@ -16,7 +16,8 @@ Answers come back as small immutable records (:class:`MxAnswer`,
 :class:`SoaAnswer`, :class:`SrvAnswer`) that look the same on pycares 4 and 5.
 
 .. versionchanged:: 0.1
-   Works on pycares 4 and 5; the ``select.poll`` loop is gone (defect D2).
+   Works on pycares 4 and 5; the ``select.poll`` loop is gone (the channel's
+   sockets are watched by the gevent hub instead).
 """
 
 from __future__ import annotations

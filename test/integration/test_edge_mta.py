@@ -17,6 +17,7 @@ import pytest
 import support.smtp_edge
 from support.corpus import corpus_names, expected_wire, load
 from support.smtp_edge import PASSWORD, USER, cooperative_wait
+from support.util import GUARD_SECONDS
 
 from slimta.envelope import Envelope
 from slimta.relay.smtp.static import StaticSmtpRelay
@@ -26,7 +27,6 @@ from slimta.smtp.reply import Reply
 smtp_edge = support.smtp_edge.smtp_edge
 
 ALL = corpus_names()
-GUARD_SECONDS = 30.0
 RECIPIENT = "alice@example.test"
 SENDERS = {"03-postfix-dsn.eml": ""}
 
@@ -116,7 +116,7 @@ def test_smtplib_plain(smtp_edge: Any) -> None:
     edge = smtp_edge()
 
     def send() -> Any:
-        with smtplib.SMTP(*edge.address, timeout=10) as client:
+        with smtplib.SMTP(*edge.address, timeout=GUARD_SECONDS) as client:
             client.ehlo("client.src.test")
             assert client.has_extn("pipelining") and client.has_extn("smtputf8")
             return client.sendmail("a@src.test", ["b@dst.test", "c@reject.test"], MESSAGE)
@@ -133,7 +133,7 @@ def test_smtplib_starttls_auth(smtp_edge: Any, tls_cert: Any) -> None:
 
     def send() -> Any:
         context = ssl.create_default_context(cafile=tls_cert.ca_path)
-        with smtplib.SMTP(*edge.address, timeout=10) as client:
+        with smtplib.SMTP(*edge.address, timeout=GUARD_SECONDS) as client:
             client.ehlo("client.src.test")
             assert not client.has_extn("auth")
             client.starttls(context=context)
@@ -153,7 +153,7 @@ def test_smtplib_wrong_password(smtp_edge: Any, tls_cert: Any) -> None:
 
     def login() -> None:
         context = ssl.create_default_context(cafile=tls_cert.ca_path)
-        with smtplib.SMTP(*edge.address, timeout=10) as client:
+        with smtplib.SMTP(*edge.address, timeout=GUARD_SECONDS) as client:
             client.starttls(context=context)
             client.login(USER, "not it")
 

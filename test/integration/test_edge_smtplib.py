@@ -21,6 +21,7 @@ import gevent
 import pytest
 import support.smtp_edge
 from support.smtp_edge import PASSWORD, USER, UserPassValidators
+from support.util import GUARD_SECONDS
 
 from slimta.smtp.reply import Reply
 
@@ -72,7 +73,7 @@ def submission(smtp_edge: Any, tls_cert: Any) -> Any:
 
 
 def tls_client(address: tuple[str, int], tls_cert: Any) -> smtplib.SMTP:
-    client = smtplib.SMTP(*address, timeout=10)
+    client = smtplib.SMTP(*address, timeout=GUARD_SECONDS)
     client.ehlo(CLIENT)
     client.starttls(context=tls_cert.stdlib_client_context())
     client.ehlo(CLIENT)
@@ -100,7 +101,7 @@ def test_implicit_tls(smtp_edge: Any, tls_cert: Any) -> None:
 
     def send() -> Any:
         context = tls_cert.stdlib_client_context()
-        with smtplib.SMTP_SSL(*edge.address, timeout=10, context=context) as client:
+        with smtplib.SMTP_SSL(*edge.address, timeout=GUARD_SECONDS, context=context) as client:
             client.ehlo(CLIENT)
             assert not client.has_extn("starttls")
             assert client.has_extn("auth")  # already encrypted
@@ -180,7 +181,7 @@ def test_mail_before_auth_is_refused(submission: Any, tls_cert: Any) -> None:
 
 def test_auth_in_clear_is_not_possible(submission: Any) -> None:
     def login() -> None:
-        with smtplib.SMTP(*submission.address, timeout=10) as client:
+        with smtplib.SMTP(*submission.address, timeout=GUARD_SECONDS) as client:
             client.ehlo(CLIENT)
             client.login(USER, PASSWORD)
 
@@ -193,7 +194,7 @@ def test_smtputf8_addresses_and_8bit_body(smtp_edge: Any) -> None:
     edge = smtp_edge()
 
     def send() -> Any:
-        with smtplib.SMTP(*edge.address, timeout=10) as client:
+        with smtplib.SMTP(*edge.address, timeout=GUARD_SECONDS) as client:
             client.ehlo(CLIENT)
             assert client.has_extn("smtputf8") and client.has_extn("8bitmime")
             return client.sendmail(
@@ -215,7 +216,7 @@ def test_size_declared_too_big_is_refused_at_mail(smtp_edge: Any) -> None:
     big = MESSAGE + b"x" * 998 + b"\r\n"
 
     def send() -> Any:
-        with smtplib.SMTP(*edge.address, timeout=10) as client:
+        with smtplib.SMTP(*edge.address, timeout=GUARD_SECONDS) as client:
             client.ehlo(CLIENT)
             assert client.esmtp_features["size"] == "1000"
             try:
@@ -239,7 +240,7 @@ def test_helo_only_session(smtp_edge: Any) -> None:
     edge = smtp_edge()
 
     def send() -> Any:
-        with smtplib.SMTP(*edge.address, timeout=10) as client:
+        with smtplib.SMTP(*edge.address, timeout=GUARD_SECONDS) as client:
             code, _ = client.helo(CLIENT)
             assert code == 250 and not client.does_esmtp
             return client.sendmail("a@src.test", ["b@dst.test"], MESSAGE)
@@ -255,7 +256,7 @@ def test_several_transactions_rset_and_noop(smtp_edge: Any) -> None:
     edge = smtp_edge()
 
     def send() -> list[Any]:
-        with smtplib.SMTP(*edge.address, timeout=10) as client:
+        with smtplib.SMTP(*edge.address, timeout=GUARD_SECONDS) as client:
             client.ehlo(CLIENT)
             results = []
             for index in range(3):

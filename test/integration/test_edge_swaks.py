@@ -14,7 +14,7 @@ import support.smtp_edge
 from gevent import subprocess
 from support.smtp_edge import PASSWORD, USER, EdgeUnderTest
 from support.smuggling import SMUGGLED, SMUGGLING_VARIANTS
-from support.util import require_program
+from support.util import GUARD_SECONDS, require_program
 
 #: The fixture (not registered suite-wide by support.servers).
 smtp_edge = support.smtp_edge.smtp_edge
@@ -29,7 +29,6 @@ MESSAGE = (
 )
 #: swaks ends the data with "\r\n.\r\n" even after a final CRLF: one empty line more.
 STORED = MESSAGE + b"\r\n"
-SWAKS_TIMEOUT = 30.0
 
 
 @pytest.fixture
@@ -61,7 +60,7 @@ def swaks(tmp_path: Any) -> Any:
         proc = subprocess.Popen(
             cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, "LC_ALL": "C"}
         )
-        out, _ = proc.communicate(timeout=SWAKS_TIMEOUT)
+        out, _ = proc.communicate(timeout=GUARD_SECONDS)
         return proc.returncode, out.decode("utf-8", "replace")
 
     return run

@@ -38,6 +38,7 @@ from support.corpus import (
 )
 from support.dovecot import DovecotLmtp
 from support.maildrop import MaildropBox
+from support.util import GUARD_SECONDS
 
 from slimta.envelope import Envelope
 from slimta.relay.http import HttpRelay
@@ -49,7 +50,6 @@ pytestmark = pytest.mark.usefixtures("no_relay_leaks")
 
 ALL = corpus_names()
 WELL_FORMED = well_formed_names()
-GUARD_SECONDS = 20.0
 RECIPIENT = "alice@example.test"
 #: A delivery report travels with the null reverse-path, as a real MTA sends it.
 SENDERS = {"03-postfix-dsn.eml": ""}

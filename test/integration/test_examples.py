@@ -21,11 +21,10 @@ from support.dovecot import DovecotLmtp
 from support.maildrop import MaildropBox
 from support.smtp_sink import SmtpSinkFactory
 from support.tls import TlsCert
+from support.util import GUARD_SECONDS
 from support.wsgi_server import WsgiServerFactory
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
-#: Guard against a hung example; none needs more than a second or two.
-EXAMPLE_TIMEOUT_SECONDS = 60
 
 
 def run_example(name: str, *args: str, env: dict[str, str] | None = None) -> tuple[int, str]:
@@ -40,7 +39,7 @@ def run_example(name: str, *args: str, env: dict[str, str] | None = None) -> tup
         stderr=gevent.subprocess.STDOUT,
         env={**os.environ, **(env or {})},
     )
-    output, _ = proc.communicate(timeout=EXAMPLE_TIMEOUT_SECONDS)
+    output, _ = proc.communicate(timeout=GUARD_SECONDS)
     return proc.returncode, output.decode("utf-8", "replace")
 
 

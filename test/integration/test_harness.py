@@ -24,11 +24,10 @@ from support.dovecot import DovecotLda, DovecotLmtp
 from support.maildrop import MaildropBox
 from support.smtp_sink import SmtpSink
 from support.tls import TlsCert
+from support.util import GUARD_SECONDS
 from support.wsgi_server import WsgiServer, gevent_http_connection
 
 MESSAGE = b"From: a@example.com\r\nSubject: harness\r\n\r\nline one\r\n.starts with a dot\r\n"
-#: Timeout for the blocking stdlib clients, so a broken server fails instead of hanging.
-CLIENT_TIMEOUT = 10.0
 
 SinkFactory = Callable[..., SmtpSink]
 AiosmtpdFactory = Callable[..., AiosmtpdServer]
@@ -68,7 +67,7 @@ def no_leaks() -> Iterator[None]:
 
 def ehlo_features(sink: SmtpSink) -> dict[str, str]:
     """The EHLO extensions ``sink`` announces, as smtplib parses them."""
-    with smtplib.SMTP(sink.host, sink.port, timeout=CLIENT_TIMEOUT) as client:
+    with smtplib.SMTP(sink.host, sink.port, timeout=GUARD_SECONDS) as client:
         client.ehlo()
         return dict(client.esmtp_features)
 
@@ -87,7 +86,7 @@ def lmtp_data(client: smtplib.LMTP, message: bytes, replies: int) -> list[tuple[
 def test_smtp_sink_records_each_transaction(smtp_sink: SinkFactory) -> None:
     """Envelope, parameters and unstuffed body come back as the client sent them."""
     sink = smtp_sink()
-    with smtplib.SMTP(sink.host, sink.port, timeout=CLIENT_TIMEOUT) as client:
+    with smtplib.SMTP(sink.host, sink.port, timeout=GUARD_SECONDS) as client:
         client.sendmail(
             "sender@example.com",
             ["one@example.com", "two@example.com"],
@@ -112,7 +111,7 @@ def test_smtp_sink_keeps_completion_order(smtp_sink: SinkFactory) -> None:
     """Back-to-back messages come back in the order sent, an abandoned one not at all."""
     sink = smtp_sink()
     senders = [f"s{number}@example.com" for number in range(8)]
-    with smtplib.SMTP(sink.host, sink.port, timeout=CLIENT_TIMEOUT) as client:
+    with smtplib.SMTP(sink.host, sink.port, timeout=GUARD_SECONDS) as client:
         client.mail("abandoned@example.com")
         client.rcpt("r@example.com")
         client.rset()
@@ -142,7 +141,7 @@ def test_smtp_sink_extension_flags(smtp_sink: SinkFactory, flag: str, extension:
 def test_smtp_sink_without_esmtp(smtp_sink: SinkFactory) -> None:
     """``-e`` refuses EHLO, so a client must fall back to HELO."""
     sink = smtp_sink("-e")
-    with smtplib.SMTP(sink.host, sink.port, timeout=CLIENT_TIMEOUT) as client:
+    with smtplib.SMTP(sink.host, sink.port, timeout=GUARD_SECONDS) as client:
         assert client.ehlo()[0] == 500
         assert client.helo()[0] == 250
         client.sendmail("a@example.com", ["b@example.com"], MESSAGE)
@@ -153,7 +152,7 @@ def test_smtp_sink_without_esmtp(smtp_sink: SinkFactory) -> None:
 def test_smtp_sink_rejects_rcpt_permanently(smtp_sink: SinkFactory) -> None:
     """``-f RCPT`` answers every RCPT with 5xx, and nothing is dumped."""
     sink = smtp_sink("-f", "RCPT")
-    with smtplib.SMTP(sink.host, sink.port, timeout=CLIENT_TIMEOUT) as client:
+    with smtplib.SMTP(sink.host, sink.port, timeout=GUARD_SECONDS) as client:
         client.ehlo()
         assert not client.has_extn("pipelining")  # -f implies -p
         client.mail("a@example.com")
@@ -165,7 +164,7 @@ def test_smtp_sink_rejects_rcpt_permanently(smtp_sink: SinkFactory) -> None:
 def test_smtp_sink_rejects_data_temporarily(smtp_sink: SinkFactory) -> None:
     """``-r .`` answers the end of data with 4xx; the sink still dumps the message."""
     sink = smtp_sink("-r", ".")
-    with smtplib.SMTP(sink.host, sink.port, timeout=CLIENT_TIMEOUT) as client:
+    with smtplib.SMTP(sink.host, sink.port, timeout=GUARD_SECONDS) as client:
         with pytest.raises(smtplib.SMTPDataError) as caught:
             client.sendmail("a@example.com", ["b@example.com"], MESSAGE)
     assert caught.value.smtp_code == 450
@@ -175,7 +174,7 @@ def test_smtp_sink_rejects_data_temporarily(smtp_sink: SinkFactory) -> None:
 def test_smtp_sink_disconnects_on_data(smtp_sink: SinkFactory) -> None:
     """``-q DATA`` hangs up without a reply: the client sees the connection drop."""
     sink = smtp_sink("-q", "DATA")
-    with smtplib.SMTP(sink.host, sink.port, timeout=CLIENT_TIMEOUT) as client:
+    with smtplib.SMTP(sink.host, sink.port, timeout=GUARD_SECONDS) as client:
         with pytest.raises(smtplib.SMTPServerDisconnected):
             client.sendmail("a@example.com", ["b@example.com"], MESSAGE)
     assert sink.messages() == []
@@ -184,7 +183,7 @@ def test_smtp_sink_disconnects_on_data(smtp_sink: SinkFactory) -> None:
 def test_smtp_sink_lmtp_mode(smtp_sink: SinkFactory) -> None:
     """``-L`` speaks LMTP: LHLO works and the dump says so."""
     sink = smtp_sink("-L")
-    with smtplib.LMTP(sink.host, sink.port, timeout=CLIENT_TIMEOUT) as client:
+    with smtplib.LMTP(sink.host, sink.port, timeout=GUARD_SECONDS) as client:
         client.sendmail("a@example.com", ["b@example.com"], MESSAGE)
     [message] = sink.wait_for_messages(1)
     assert message.protocol == "LMTP"
@@ -212,7 +211,7 @@ def test_tls_cert_names_and_contexts(tls_cert: TlsCert) -> None:
 def test_aiosmtpd_records_envelopes_and_rejects(aiosmtpd_server: AiosmtpdFactory) -> None:
     """Configured recipients get 550/450 at RCPT; the rest are recorded with options."""
     server = aiosmtpd_server(reject_rcpt={"bad@example.com"}, tempfail_rcpt={"later@example.com"})
-    with smtplib.SMTP(server.host, server.port, timeout=CLIENT_TIMEOUT) as client:
+    with smtplib.SMTP(server.host, server.port, timeout=GUARD_SECONDS) as client:
         client.ehlo("client.test")
         client.mail("a@example.com", ["BODY=8BITMIME"])
         assert client.rcpt("bad@example.com")[0] == 550
@@ -235,7 +234,7 @@ def test_aiosmtpd_records_envelopes_and_rejects(aiosmtpd_server: AiosmtpdFactory
 def test_aiosmtpd_starttls_then_auth(aiosmtpd_server: AiosmtpdFactory, tls_cert: TlsCert) -> None:
     """AUTH is offered only after STARTTLS; the wrong password is refused and logged."""
     server = aiosmtpd_server(starttls=True, require_starttls=True, auth=("user", "pass"))
-    with smtplib.SMTP(server.host, server.port, timeout=CLIENT_TIMEOUT) as client:
+    with smtplib.SMTP(server.host, server.port, timeout=GUARD_SECONDS) as client:
         client.ehlo()
         assert client.has_extn("starttls") and not client.has_extn("auth")
         assert client.mail("a@example.com")[0] == 530
@@ -259,7 +258,7 @@ def test_aiosmtpd_starttls_then_auth(aiosmtpd_server: AiosmtpdFactory, tls_cert:
 def test_aiosmtpd_auth_login_without_tls(aiosmtpd_server: AiosmtpdFactory) -> None:
     """With ``auth_require_tls=False`` AUTH works in clear; the mechanism is recorded."""
     server = aiosmtpd_server(auth=("user", "pass"), auth_require_tls=False)
-    with smtplib.SMTP(server.host, server.port, timeout=CLIENT_TIMEOUT) as client:
+    with smtplib.SMTP(server.host, server.port, timeout=GUARD_SECONDS) as client:
         client.ehlo()
         client.user, client.password = "user", "pass"
         code, _ = client.auth("LOGIN", client.auth_login, initial_response_ok=False)
@@ -272,7 +271,7 @@ def test_aiosmtpd_implicit_tls(aiosmtpd_server: AiosmtpdFactory, tls_cert: TlsCe
     server = aiosmtpd_server(implicit_tls=True)
     context = tls_cert.stdlib_client_context()
     with smtplib.SMTP_SSL(
-        server.host, server.port, context=context, timeout=CLIENT_TIMEOUT
+        server.host, server.port, context=context, timeout=GUARD_SECONDS
     ) as client:
         client.sendmail("a@example.com", ["b@example.com"], MESSAGE)
     assert [envelope.tls for envelope in server.envelopes] == [True]
@@ -281,7 +280,7 @@ def test_aiosmtpd_implicit_tls(aiosmtpd_server: AiosmtpdFactory, tls_cert: TlsCe
 def test_aiosmtpd_smtputf8(aiosmtpd_server: AiosmtpdFactory) -> None:
     """With ``smtputf8`` the server accepts UTF-8 addresses flagged SMTPUTF8."""
     server = aiosmtpd_server(smtputf8=True)
-    with smtplib.SMTP(server.host, server.port, timeout=CLIENT_TIMEOUT) as client:
+    with smtplib.SMTP(server.host, server.port, timeout=GUARD_SECONDS) as client:
         client.ehlo()
         assert client.has_extn("smtputf8")
         client.sendmail("jöe@exämple.test", ["zoë@example.test"], MESSAGE, ["SMTPUTF8"])
@@ -295,7 +294,7 @@ def test_aiosmtpd_lmtp_replies_per_recipient(aiosmtpd_server: AiosmtpdFactory) -
     server = aiosmtpd_server(
         lmtp=True, lmtp_data_replies={"full@example.com": "452 4.2.2 Mailbox full"}
     )
-    with smtplib.LMTP(server.host, server.port, timeout=CLIENT_TIMEOUT) as client:
+    with smtplib.LMTP(server.host, server.port, timeout=GUARD_SECONDS) as client:
         client.ehlo_or_helo_if_needed()
         client.mail("a@example.com")
         client.rcpt("ok@example.com")
@@ -315,7 +314,7 @@ def test_aiosmtpd_lmtp_replies_per_recipient(aiosmtpd_server: AiosmtpdFactory) -
 
 def test_dovecot_lmtp_tcp(dovecot_lmtp: DovecotLmtp) -> None:
     """Over TCP: unknown users fail at RCPT, ``broken`` after DATA, the rest are saved."""
-    with smtplib.LMTP(dovecot_lmtp.host, dovecot_lmtp.port, timeout=CLIENT_TIMEOUT) as client:
+    with smtplib.LMTP(dovecot_lmtp.host, dovecot_lmtp.port, timeout=GUARD_SECONDS) as client:
         client.ehlo_or_helo_if_needed()
         client.mail("sender@example.com")
         assert client.rcpt("alice@example.com")[0] == 250
@@ -333,7 +332,7 @@ def test_dovecot_lmtp_tcp(dovecot_lmtp: DovecotLmtp) -> None:
 
 def test_dovecot_lmtp_unix_socket(dovecot_lmtp: DovecotLmtp) -> None:
     """Over the unix socket; alice's mailbox holds only this test's message."""
-    with smtplib.LMTP(dovecot_lmtp.socket_path, timeout=CLIENT_TIMEOUT) as client:
+    with smtplib.LMTP(dovecot_lmtp.socket_path, timeout=GUARD_SECONDS) as client:
         refused = client.sendmail("sender@example.com", ["alice"], b"Subject: unix\r\n\r\nhi\r\n")
     assert refused == {}
     [message] = dovecot_lmtp.messages("alice")
@@ -415,7 +414,7 @@ def test_wsgi_server_tls_and_custom_app(wsgi_server: WsgiFactory, tls_cert: TlsC
     server = wsgi_server(app, tls=True)
     connection = gevent_http_connection(server, tls_cert)
     try:
-        with gevent.Timeout(CLIENT_TIMEOUT):
+        with gevent.Timeout(GUARD_SECONDS):
             connection.request("POST", "/", body=b"payload")
             response = connection.getresponse()
             body = response.read()
@@ -428,7 +427,7 @@ def test_wsgi_server_tls_and_custom_app(wsgi_server: WsgiFactory, tls_cert: TlsC
 def test_wsgi_server_raw_http10(wsgi_server: WsgiFactory) -> None:
     """A bare HTTP/1.0 request over a gevent socket gets the default answer, then EOF."""
     server = wsgi_server()
-    sock = gevent.socket.create_connection(server.address, timeout=CLIENT_TIMEOUT)
+    sock = gevent.socket.create_connection(server.address, timeout=GUARD_SECONDS)
     try:
         sock.sendall(b"GET /raw HTTP/1.0\r\n\r\n")
         reply = b""

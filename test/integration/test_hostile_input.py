@@ -10,6 +10,7 @@ import base64
 import hashlib
 import stat
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -59,11 +60,11 @@ def _run(relay: Any, env: Envelope) -> Any:
         relay.kill()
 
 
-def _envelope(sender: str | None, rcpts: list[str], data: bytes = b"Subject: t\r\n\r\nhi\r\n"
-              ) -> Envelope:
-    env = Envelope(sender, rcpts)
-    env.parse(data)
-    return env
+#: The shared builder with the small message most cases send: what is hostile is the
+#: sender, the recipients or the data a case passes.
+hostile_envelope = partial(
+    make_envelope, sender="s@example.test", data=b"Subject: t\r\n\r\nhi\r\n"
+)
 
 
 # -- SMTP ----------------------------------------------------------------------------------
@@ -74,7 +75,7 @@ def test_smtp_hostile_sender_sends_nothing(
     fast_fault_server: Callable[..., FaultServer], bad: str, why: str
 ) -> None:
     server = fast_fault_server()
-    outcome = _run(_smtp(server), _envelope(bad, ["r@example.test"]))
+    outcome = _run(_smtp(server), hostile_envelope(sender=bad, rcpts=["r@example.test"]))
     assert_relay_error(outcome.error, True, "501", "5.1.7")
     server.wait_closed()
     assert server.sessions[0].verbs() == [b"EHLO", b"QUIT"]  # not even MAIL
@@ -85,7 +86,7 @@ def test_smtp_hostile_recipient_is_refused_alone(
     fast_fault_server: Callable[..., FaultServer], bad: str, why: str
 ) -> None:
     server = fast_fault_server()
-    outcome = _run(_smtp(server), _envelope("s@example.test", [bad, "ok@example.test"]))
+    outcome = _run(_smtp(server), hostile_envelope(rcpts=[bad, "ok@example.test"]))
     assert outcome.error is None
     assert_relay_error(outcome.result[bad], True, "501", "5.1.3")
     assert isinstance(outcome.result["ok@example.test"], Reply)
@@ -97,7 +98,7 @@ def test_smtp_hostile_recipient_is_refused_alone(
 
 def test_smtp_only_hostile_recipients(fast_fault_server: Callable[..., FaultServer]) -> None:
     server = fast_fault_server()
-    outcome = _run(_smtp(server), _envelope("s@example.test", ["a\r@x.test", "b\n@x.test"]))
+    outcome = _run(_smtp(server), hostile_envelope(rcpts=["a\r@x.test", "b\n@x.test"]))
     assert_relay_error(outcome.error, True, "501", "5.1.3")
     server.wait_closed()
     assert b"DATA" not in server.sessions[0].verbs()
@@ -111,7 +112,7 @@ def test_smtp_utf8_address_without_smtputf8(
     server = fast_fault_server(extensions=["PIPELINING", "8BITMIME"])
     sender, rcpt = ("jösé@exämple.test", "r@example.test") if where == "sender" else (
         "s@example.test", "rücksendung@exämple.test")
-    outcome = _run(_smtp(server), _envelope(sender, [rcpt, "ok@example.test"]))
+    outcome = _run(_smtp(server), hostile_envelope(sender=sender, rcpts=[rcpt, "ok@example.test"]))
     server.wait_closed()
     if where == "sender":
         assert_relay_error(outcome.error, True, "553", "5.6.7")
@@ -124,7 +125,8 @@ def test_smtp_utf8_address_without_smtputf8(
 
 def test_smtp_utf8_address_with_smtputf8(fast_fault_server: Callable[..., FaultServer]) -> None:
     server = fast_fault_server(extensions=["PIPELINING", "8BITMIME", "SMTPUTF8"])
-    outcome = _run(_smtp(server), _envelope("jösé@exämple.test", ["ü@exämple.test"]))
+    env = hostile_envelope(sender="jösé@exämple.test", rcpts=["ü@exämple.test"])
+    outcome = _run(_smtp(server), env)
     assert isinstance(outcome.result["ü@exämple.test"], Reply)
     server.wait_closed()
     commands = server.sessions[0].commands
@@ -136,7 +138,7 @@ def test_smtp_utf8_address_with_smtputf8(fast_fault_server: Callable[..., FaultS
 @pytest.mark.parametrize("sender", ["", None])
 def test_smtp_null_sender(fast_fault_server: Callable[..., FaultServer], sender: Any) -> None:
     server = fast_fault_server()
-    outcome = _run(_smtp(server), _envelope(sender, ["r@example.test"]))
+    outcome = _run(_smtp(server), hostile_envelope(sender=sender, rcpts=["r@example.test"]))
     assert isinstance(outcome.result["r@example.test"], Reply)
     server.wait_closed()
     assert server.sessions[0].commands[1].startswith(b"MAIL FROM:<> ")
@@ -145,7 +147,7 @@ def test_smtp_null_sender(fast_fault_server: Callable[..., FaultServer], sender:
 
 def test_smtp_envelope_without_recipients(fast_fault_server: Callable[..., FaultServer]) -> None:
     server = fast_fault_server()
-    outcome = _run(_smtp(server), _envelope("s@example.test", []))
+    outcome = _run(_smtp(server), hostile_envelope(rcpts=[]))
     assert_relay_error(outcome.error, True, "554", "5.5.1", b"RCPT")
     server.wait_closed()
     assert server.sessions[0].verbs() == [b"EHLO", b"QUIT"]
@@ -154,7 +156,7 @@ def test_smtp_envelope_without_recipients(fast_fault_server: Callable[..., Fault
 def test_smtp_bare_lf_headers_and_lone_dots(fast_fault_server: Callable[..., FaultServer]) -> None:
     server = fast_fault_server()
     data = b"Subject: bare\nX-Other: lf\n\n.\nbody\n.\n..\n.x\nlast"
-    env = _envelope("s@example.test", ["r@example.test"], data)
+    env = hostile_envelope(rcpts=["r@example.test"], data=data)
     header, body = env.flatten()
     outcome = _run(_smtp(server), env)
     assert isinstance(outcome.result["r@example.test"], Reply)
@@ -201,7 +203,8 @@ def test_lmtp_hostile_recipient_and_lone_dots(
     server = fast_fault_server(lmtp=True, extensions=["PIPELINING", "8BITMIME"])
     relay = StaticLmtpRelay(*server.address, pool_size=1, ehlo_as="relay.test")
     bad = "x@y.test>\r\nRCPT TO:<evil@y.test"
-    env = _envelope("", [bad, "ok@example.test"], b"Subject: l\r\n\r\n.\r\n..\r\n")
+    data = b"Subject: l\r\n\r\n.\r\n..\r\n"
+    env = hostile_envelope(sender="", rcpts=[bad, "ok@example.test"], data=data)
     outcome = _run(relay, env)
     assert_relay_error(outcome.result[bad], True, "501", "5.1.3")
     assert isinstance(outcome.result["ok@example.test"], Reply)
@@ -240,7 +243,7 @@ def mx_relay(dns_server: DnsTestServer, dns_resolver: Any,
 )
 def test_mx_hostile_recipient(mx_relay: Any, bad: str) -> None:
     relay, server, calls = mx_relay
-    outcome = timed_attempt(relay, _envelope("s@example.test", [bad, "ok@good.test"]))
+    outcome = timed_attempt(relay, hostile_envelope(rcpts=[bad, "ok@good.test"]))
     assert outcome.error is None, outcome.error
     assert isinstance(outcome.result["ok@good.test"], Reply)
     error = outcome.result[bad]
@@ -256,7 +259,7 @@ def test_mx_hostile_recipient(mx_relay: Any, bad: str) -> None:
 def test_mx_idn_recipient_routes_by_a_label(mx_relay: Any, dns_server: DnsTestServer) -> None:
     relay, server, calls = mx_relay
     dns_server.add_mx("xn--bcher-kva.test", 10, "mx.good.test")
-    outcome = timed_attempt(relay, _envelope("s@example.test", ["leser@bücher.test"]))
+    outcome = timed_attempt(relay, hostile_envelope(rcpts=["leser@bücher.test"]))
     assert isinstance(outcome.result["leser@bücher.test"], Reply)
     assert calls == [("mx.good.test", 25)]
 
@@ -278,7 +281,7 @@ def test_http_hostile_envelope_travels_base64(
     server = wsgi_server()
     relay = HttpRelay(server.url, ehlo_as="relay.test", timeout=5.0)
     data = b"Subject: h\r\n\r\n.\r\nlone dot above\r\n"
-    outcome = _run(relay, _envelope(sender, rcpts, data))
+    outcome = _run(relay, hostile_envelope(sender=sender, rcpts=rcpts, data=data))
     assert outcome.error is None, outcome.error
     (request,) = server.requests
     assert not any(k.lower() in ("x-injected", "x-evil") for k, _ in request.headers)
@@ -315,7 +318,7 @@ def test_pipe_hostile_recipient_never_reaches_argv(
 ) -> None:
     prog, out = recorder
     relay = PipeRelay([prog, "{sender}", "{recipient}"], timeout=5.0)
-    outcome = timed_attempt(relay, _envelope("s@example.test", [rcpt, "ok@x.test"]))
+    outcome = timed_attempt(relay, hostile_envelope(rcpts=[rcpt, "ok@x.test"]))
     error = outcome.result[rcpt]
     assert isinstance(error, RelayError)
     assert_relay_error(error, True, code, esc)
@@ -327,7 +330,7 @@ def test_pipe_null_sender_and_utf8_recipient(recorder: tuple[str, Path]) -> None
     prog, out = recorder
     relay = PipeRelay([prog, "-f", "{sender}", "--", "{recipient}"], timeout=5.0)
     data = b"Subject: p\r\n\r\n.\r\nbody\r\n"
-    outcome = timed_attempt(relay, _envelope("", ["ü@exämple.test"], data))
+    outcome = timed_attempt(relay, hostile_envelope(sender="", rcpts=["ü@exämple.test"], data=data))
     assert outcome.result == {"ü@exämple.test": None}
     assert out.read_bytes().split(b"\0")[:-1] == [b"-f", b"", b"--", "ü@exämple.test".encode()]
     assert Path(f"{out}.stdin").read_bytes() == data
@@ -336,7 +339,7 @@ def test_pipe_null_sender_and_utf8_recipient(recorder: tuple[str, Path]) -> None
 def test_pipe_envelope_without_recipients(recorder: tuple[str, Path]) -> None:
     prog, out = recorder
     outcome = timed_attempt(PipeRelay([prog, "{recipient}"], timeout=5.0),
-                            _envelope("s@example.test", []))
+                            hostile_envelope(rcpts=[]))
     assert outcome.error is None or isinstance(outcome.error, RelayError)
     if outcome.error is None:
         assert not outcome.result

@@ -13,12 +13,15 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Iterator
+from functools import partial
 from typing import Any
 
 import gevent
 import gevent.queue
 import pytest
 from gevent import GreenletExit
+from support import envelopes
+from support.util import GUARD_SECONDS
 
 from slimta.bounce import Bounce
 from slimta.diskstorage import DiskStorage
@@ -28,8 +31,6 @@ from slimta.queue.dict import DictStorage
 from slimta.relay import PermanentRelayError, Relay, TransientRelayError
 from slimta.smtp.reply import Reply
 
-GUARD_SECONDS = 5.0
-
 
 @pytest.fixture(autouse=True)
 def fast_store_retries(monkeypatch) -> None:
@@ -37,11 +38,19 @@ def fast_store_retries(monkeypatch) -> None:
     monkeypatch.setattr("slimta.queue.STORE_RETRY_SECONDS", 0.005)
 
 
-def make_env(*rcpts: str, sender: str | None = "sender@src.test", tag: str = "t") -> Envelope:
-    env = Envelope(sender, list(rcpts) or ["rcpt@dst.test"])
-    env.parse(b"From: sender@src.test\r\nX-Test-Id: " + tag.encode() + b"\r\n\r\nbody\r\n")
-    env.timestamp = 1_700_000_000.0
-    return env
+def tagged(tag: str) -> bytes:
+    """The header block of this module's messages, with ``tag`` to tell them apart."""
+    return b"From: sender@src.test\r\nX-Test-Id: " + tag.encode() + b"\r\n"
+
+
+make_envelope = partial(
+    envelopes.make_envelope,
+    sender="sender@src.test",
+    rcpts=["rcpt@dst.test"],
+    headers=tagged("t"),
+    body=b"body\r\n",
+    timestamp=1_700_000_000.0,
+)
 
 
 def until(predicate: Callable[[], bool], what: str) -> None:
@@ -183,7 +192,7 @@ def test_a_store_that_raises_on_every_call_refuses_with_451_and_keeps_running(
     relay = ScriptedRelay()
     with caplog.at_level(logging.ERROR, logger="slimta.queue"):
         queue = make_queue(store, relay)
-        [(env, result)] = queue.enqueue(make_env())
+        [(env, result)] = queue.enqueue(make_envelope())
         until(lambda: "load" in store.raised, "the load to be tried")
     assert isinstance(result, QueueError)
     assert result.reply is not None
@@ -191,7 +200,7 @@ def test_a_store_that_raises_on_every_call_refuses_with_451_and_keeps_running(
     assert store.env_db == {} and relay.calls == [] and not queue.dead
     # Once the store works again, new messages go through.
     store.faults.clear()
-    [(_, id)] = queue.enqueue(make_env())
+    [(_, id)] = queue.enqueue(make_envelope())
     until(lambda: id in store.removed, "the delivery")
     assert relay.received() == [["rcpt@dst.test"]] and store.env_db == {}
 
@@ -201,7 +210,7 @@ def test_a_durable_store_error_without_a_reply_still_gets_451_4_3_0(make_queue, 
     os.rmdir(tmp_path / "tmp")  # every write now fails with an OSError
     relay = ScriptedRelay()
     queue = make_queue(store, relay)
-    [(_, result)] = queue.enqueue(make_env())
+    [(_, result)] = queue.enqueue(make_envelope())
     assert isinstance(result, QueueError) and "disk storage" in str(result)
     assert result.reply is not None and str(result.reply).startswith("451 4.3.0")
     assert store.get_info()["size"] == 0 and relay.calls == []
@@ -216,7 +225,7 @@ def test_recording_a_partial_delivery_fails_then_succeeds_nothing_delivered_twic
         None,
     )
     queue = make_queue(store, relay)
-    [(_, id)] = queue.enqueue(make_env("a@x.test", "b@x.test"))
+    [(_, id)] = queue.enqueue(make_envelope(rcpts=["a@x.test", "b@x.test"]))
     until(lambda: id in store.removed, "the message to be done")
     assert store.raised == ["set_recipients_delivered"] * 2
     # The record was retried until it stuck; only then was b attempted again.
@@ -239,7 +248,7 @@ def test_a_record_that_landed_but_reported_failure_is_not_applied_twice(make_que
     busy = TransientRelayError("busy", Reply("450", "4.2.0 busy"))
     relay = ScriptedRelay({"a@x.test": None, "b@x.test": busy, "c@x.test": busy}, None)
     queue = make_queue(store, relay)
-    [(_, id)] = queue.enqueue(make_env("a@x.test", "b@x.test", "c@x.test"))
+    [(_, id)] = queue.enqueue(make_envelope(rcpts=["a@x.test", "b@x.test", "c@x.test"]))
     until(lambda: id in store.removed, "the message to be done")
     assert store.raised == ["set_recipients_delivered"]
     assert relay.received() == [["a@x.test", "b@x.test", "c@x.test"], ["b@x.test", "c@x.test"]]
@@ -265,7 +274,7 @@ def test_a_bounce_that_cannot_be_queued_is_never_lost(make_queue) -> None:
     gone = PermanentRelayError("no", Reply("550", "5.1.1 Unknown"))
     relay = ScriptedRelay({"ok@x.test": None, "gone@x.test": gone}, gone)
     queue = make_queue(store, relay, bounce_queue=bounces)
-    [(_, id)] = queue.enqueue(make_env("ok@x.test", "gone@x.test"))
+    [(_, id)] = queue.enqueue(make_envelope(rcpts=["ok@x.test", "gone@x.test"]))
     until(lambda: id in store.removed, "the message to be done")
     # The failed recipient stayed in the store until its bounce was queued.
     assert relay.received() == [["ok@x.test", "gone@x.test"], ["gone@x.test"]]
@@ -280,7 +289,8 @@ def test_a_store_call_that_fails_once_is_retried_and_the_message_delivered_once(
 ) -> None:
     store = FaultyStore(**{method: 1})
     relay = ScriptedRelay(TransientRelayError("busy", Reply("451", "4.3.2 later")), None)
-    id = store.write(make_env(tag=method), 0.0)  # found by load(), read back with get()
+    # found by load(), read back with get()
+    id = store.write(make_envelope(headers=tagged(method)), 0.0)
     with caplog.at_level(logging.ERROR, logger="slimta.queue"):
         queue = make_queue(store, relay)
         until(lambda: id in store.removed, "the message to be done")
@@ -296,7 +306,7 @@ def test_a_failed_remove_is_never_attempted_again_meanwhile(make_queue) -> None:
     store = FaultyStore(remove=3)
     relay = ScriptedRelay(None)
     queue = make_queue(store, relay)
-    [(_, id)] = queue.enqueue(make_env())
+    [(_, id)] = queue.enqueue(make_envelope())
     until(lambda: id in store.removed, "the removal")
     assert store.raised == ["remove"] * 3 and len(relay.calls) == 1 and idle(queue)
 
@@ -316,7 +326,7 @@ def test_an_unexpected_relay_exception_is_a_transient_failure(
     relay = ScriptedRelay(error, None)
     with caplog.at_level(logging.ERROR, logger="slimta.queue"):
         queue = make_queue(store, relay)
-        [(_, id)] = queue.enqueue(make_env())
+        [(_, id)] = queue.enqueue(make_envelope())
         until(lambda: id in store.removed, "the retry to deliver it")
     assert relay.received() == [["rcpt@dst.test"], ["rcpt@dst.test"]]
     assert store.meta_db == {} and bounces.bounces == [] and not queue.dead
@@ -329,7 +339,7 @@ def test_the_unexpected_exception_reply_is_450_4_0_0_and_ends_in_a_bounce(
     store = FaultyStore()
     relay = ScriptedRelay(*[ValueError("relay bug")] * 3)
     queue = make_queue(store, relay, backoff=lambda env, attempts: 0 if attempts < 3 else None)
-    [(_, id)] = queue.enqueue(make_env("a@x.test"))
+    [(_, id)] = queue.enqueue(make_envelope(rcpts=["a@x.test"]))
     until(lambda: id in store.removed, "the give-up")
     assert len(relay.calls) == 3
     [bounce] = bounces.bounces
@@ -355,7 +365,7 @@ def test_garbage_results_retry_what_they_do_not_clearly_deliver(
     store = FaultyStore()
     relay = ScriptedRelay(garbage, None)
     queue = make_queue(store, relay)
-    [(_, id)] = queue.enqueue(make_env("a@x.test", "b@x.test"))
+    [(_, id)] = queue.enqueue(make_envelope(rcpts=["a@x.test", "b@x.test"]))
     until(lambda: id in store.removed, "the retry")
     # a is delivered once; b (with no clear result) is retried, never dropped.
     assert relay.received() == [["a@x.test", "b@x.test"], ["b@x.test"]]
@@ -366,7 +376,7 @@ def test_a_long_result_list_delivers_each_recipient_once(make_queue) -> None:
     store = FaultyStore()
     relay = ScriptedRelay([None, None, None, None])
     queue = make_queue(store, relay)
-    [(_, id)] = queue.enqueue(make_env("a@x.test"))
+    [(_, id)] = queue.enqueue(make_envelope(rcpts=["a@x.test"]))
     until(lambda: id in store.removed, "the delivery")
     assert relay.received() == [["a@x.test"]]
 
@@ -379,7 +389,7 @@ def test_a_mapping_result_that_raises_is_a_transient_failure(make_queue) -> None
     store = FaultyStore()
     relay = ScriptedRelay(Hostile(), None)
     queue = make_queue(store, relay)
-    [(_, id)] = queue.enqueue(make_env("a@x.test"))
+    [(_, id)] = queue.enqueue(make_envelope(rcpts=["a@x.test"]))
     until(lambda: id in store.removed, "the retry")
     assert relay.received() == [["a@x.test"], ["a@x.test"]]
 
@@ -397,7 +407,7 @@ def test_error_replies_returned_as_results_are_never_counted_as_delivered(
         None,
     )
     queue = make_queue(store, relay)
-    [(_, id)] = queue.enqueue(make_env("a@x.test", "b@x.test", "c@x.test"))
+    [(_, id)] = queue.enqueue(make_envelope(rcpts=["a@x.test", "b@x.test", "c@x.test"]))
     until(lambda: id in store.removed, "the message to be done")
     assert relay.received() == [["a@x.test", "b@x.test", "c@x.test"], ["c@x.test"]]
     [bounce] = bounces.bounces
@@ -412,7 +422,7 @@ def test_an_envelope_with_no_recipients_is_refused_554_5_5_1(make_queue) -> None
     store = FaultyStore()
     relay = ScriptedRelay()
     queue = make_queue(store, relay)
-    env = make_env()
+    env = make_envelope()
     env.recipients = []
     [(_, result)] = queue.enqueue(env)
     assert isinstance(result, QueueError) and result.reply is not None
@@ -431,7 +441,7 @@ def test_a_failing_message_with_a_null_sender_is_never_bounced(make_queue, bounc
         TransientRelayError("later", Reply("450", "4.2.0 Later")),
     )
     queue = make_queue(store, relay, backoff=lambda env, attempts: 0 if attempts < 2 else None)
-    [(_, id)] = queue.enqueue(make_env("perm@x.test", "temp@x.test", sender=sender))
+    [(_, id)] = queue.enqueue(make_envelope(rcpts=["perm@x.test", "temp@x.test"], sender=sender))
     until(lambda: id in store.removed, "the give-up")
     # Permanent failure, then too many retries: both final, neither bounced.
     assert relay.received() == [["perm@x.test", "temp@x.test"], ["temp@x.test"]]
@@ -450,7 +460,7 @@ def test_no_bounce_goes_to_a_sender_that_is_not_an_address(
     relay = ScriptedRelay(PermanentRelayError("no", Reply("550", "5.1.1 Unknown")))
     with caplog.at_level(logging.ERROR, logger="slimta.queue"):
         queue = make_queue(store, relay)
-        [(_, id)] = queue.enqueue(make_env("gone@x.test", sender=sender))
+        [(_, id)] = queue.enqueue(make_envelope(rcpts=["gone@x.test"], sender=sender))
         until(lambda: id in store.removed, "the failure to be final")
     assert bounces.bounces == [] and store.env_db == {} and len(relay.calls) == 1
     assert "not a valid address" in caplog.text and "gone@x.test" in caplog.text
@@ -460,7 +470,7 @@ def test_a_bracketed_sender_is_bounced_to_the_bare_address(make_queue, bounces) 
     store = FaultyStore()
     relay = ScriptedRelay(PermanentRelayError("no", Reply("550", "5.1.1 Unknown")))
     queue = make_queue(store, relay)
-    [(_, id)] = queue.enqueue(make_env("gone@x.test", sender="<someone@src.test>"))
+    [(_, id)] = queue.enqueue(make_envelope(rcpts=["gone@x.test"], sender="<someone@src.test>"))
     until(lambda: id in store.removed, "the failure")
     [bounce] = bounces.bounces
     assert bounce.sender == "" and bounce.recipients == ["someone@src.test"]
@@ -491,7 +501,7 @@ def test_a_message_the_store_feeds_back_during_enqueue_is_attempted_once(make_qu
     store = EchoingStore()
     relay = ScriptedRelay(*[None] * 5)
     queue = make_queue(store, relay)
-    ids = [queue.enqueue(make_env(tag=str(n)))[0][1] for n in range(5)]
+    ids = [queue.enqueue(make_envelope(headers=tagged(str(n))))[0][1] for n in range(5)]
     until(lambda: store.env_db == {} and idle(queue), "the deliveries")
     assert len(relay.calls) == 5, [c[2].split(b"\r\n")[1] for c in relay.calls]
     assert all(isinstance(id, str) for id in ids)
@@ -533,8 +543,8 @@ def disk(tmp_path) -> DiskStorage:
 def test_a_corrupt_spool_file_is_moved_aside_and_the_rest_is_delivered(
     make_queue, disk, tmp_path, damage, caplog
 ) -> None:
-    good = disk.write(make_env("good@x.test", tag="good"), 0.0)
-    bad = disk.write(make_env("bad@x.test", tag="bad"), 0.0)
+    good = disk.write(make_envelope(rcpts=["good@x.test"], headers=tagged("good")), 0.0)
+    bad = disk.write(make_envelope(rcpts=["bad@x.test"], headers=tagged("bad")), 0.0)
     kind, data = damage
     path = tmp_path / kind / f"{bad}.{kind}"
     path.write_bytes(data)
@@ -582,8 +592,8 @@ def redis_store(redis_server, redis_prefix) -> Iterator[Any]:
 def test_a_corrupt_redis_hash_is_moved_aside_and_the_rest_is_delivered(
     make_queue, redis_store, field, value, caplog
 ) -> None:
-    good = redis_store.write(make_env("good@x.test", tag="good"), 0.0)
-    bad = redis_store.write(make_env("bad@x.test", tag="bad"), 0.0)
+    good = redis_store.write(make_envelope(rcpts=["good@x.test"], headers=tagged("good")), 0.0)
+    bad = redis_store.write(make_envelope(rcpts=["bad@x.test"], headers=tagged("bad")), 0.0)
     redis_store.redis.hset(redis_store.prefix + bad, field, value)
     relay = ScriptedRelay(None)
     with caplog.at_level(logging.ERROR):
@@ -601,7 +611,7 @@ def test_a_corrupt_redis_hash_is_moved_aside_and_the_rest_is_delivered(
 
 
 def test_a_redis_message_with_a_bad_timestamp_is_still_delivered(make_queue, redis_store) -> None:
-    id = redis_store.write(make_env("a@x.test"), 0.0)
+    id = redis_store.write(make_envelope(rcpts=["a@x.test"]), 0.0)
     redis_store.redis.hset(redis_store.prefix + id, "timestamp", b"soon")
     relay = ScriptedRelay(None)
     queue = make_queue(redis_store, relay)
@@ -613,15 +623,18 @@ def test_many_messages_through_redis_each_attempted_once(make_queue, redis_store
     # RedisStorage feeds every write back through wait(): no double attempts.
     relay = ScriptedRelay()
     queue = make_queue(redis_store, relay)
-    results = [queue.enqueue(make_env(f"r{n}@x.test", tag=str(n)))[0][1] for n in range(50)]
+    results = [
+        queue.enqueue(make_envelope(rcpts=[f"r{n}@x.test"], headers=tagged(str(n))))[0][1]
+        for n in range(50)
+    ]
     assert all(isinstance(id, str) for id in results)
     until(lambda: redis_store.get_info()["size"] == 0 and idle(queue), "the deliveries")
     assert sorted(r[0] for r in relay.received()) == sorted(f"r{n}@x.test" for n in range(50))
 
 
 def test_crash_leftovers_in_the_spool_are_cleaned_once_old(disk, tmp_path) -> None:
-    kept = disk.write(make_env("a@x.test"), 0.0)
-    quarantined = disk.write(make_env("b@x.test"), 0.0)
+    kept = disk.write(make_envelope(rcpts=["a@x.test"]), 0.0)
+    quarantined = disk.write(make_envelope(rcpts=["b@x.test"]), 0.0)
     disk.increment_attempts(quarantined)  # so that it has a .meta file
     (tmp_path / "meta" / f"{quarantined}.meta").rename(
         tmp_path / "meta" / f"{quarantined}.meta.corrupt"

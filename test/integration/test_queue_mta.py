@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterator
+from functools import partial
 from typing import Any
 
 import gevent
 import pytest
+from support import envelopes
+from support.util import GUARD_SECONDS
 
 from slimta.envelope import Envelope
 from slimta.policy.headers import AddDateHeader, AddMessageIdHeader, AddReceivedHeader
@@ -26,7 +29,6 @@ from slimta.relay.smtp.static import StaticLmtpRelay, StaticSmtpRelay
 
 pytestmark = pytest.mark.usefixtures("no_relay_leaks")
 
-GUARD_SECONDS = 20.0
 #: A retry interval short enough for tests.
 TINY_BACKOFF_SECONDS = 0.05
 
@@ -41,13 +43,18 @@ ORIGINAL = (
 )
 
 
-def make_env(*rcpts: str) -> Envelope:
-    env = Envelope("alice@src.test", list(rcpts))
-    env.parse(ORIGINAL)
-    env.client = {"name": "client.src.test", "host": "client.src.test", "ip": "192.0.2.7",
-                  "protocol": "ESMTP"}  # fmt: skip
-    env.receiver = "mx.relay.test"
-    return env
+make_envelope = partial(
+    envelopes.make_envelope,
+    sender="alice@src.test",
+    data=ORIGINAL,
+    client={
+        "name": "client.src.test",
+        "host": "client.src.test",
+        "ip": "192.0.2.7",
+        "protocol": "ESMTP",
+    },
+    receiver="mx.relay.test",
+)
 
 
 def tiny_backoff(max_attempts: int) -> Callable[[Envelope, int], float | None]:
@@ -142,7 +149,7 @@ def test_550_recipient_is_bounced_to_the_sender(smtp_sink, mta) -> None:
     accepting = smtp_sink()
     bounce_queue = mta(accepting.address)
     queue = mta(rejecting.address, bounce_queue=bounce_queue, backoff=tiny_backoff(3))
-    [(_, id)] = queue.enqueue(make_env("gone@dst.test"))
+    [(_, id)] = queue.enqueue(make_envelope(rcpts=["gone@dst.test"]))
     assert isinstance(id, str)
     wait_idle(queue, bounce_queue)
     assert rejecting.messages() == []
@@ -156,7 +163,7 @@ def test_always_450_ends_in_a_too_many_retries_bounce(smtp_sink, mta) -> None:
     accepting = smtp_sink()
     bounce_queue = mta(accepting.address)
     queue = mta(deferring.address, bounce_queue=bounce_queue, backoff=tiny_backoff(3))
-    queue.enqueue(make_env("busy@dst.test"))
+    queue.enqueue(make_envelope(rcpts=["busy@dst.test"]))
     wait_idle(queue, bounce_queue)
     [bounce] = accepting.wait_for_messages(1)
     assert bounce.mail_from == "" and bounce.rcpt_to == ["alice@src.test"]
@@ -167,7 +174,7 @@ def test_always_450_ends_in_a_too_many_retries_bounce(smtp_sink, mta) -> None:
 def test_split_by_domain_and_delivered_with_headers_on_top(smtp_sink, mta) -> None:
     sink = smtp_sink()
     queue = mta(sink.address)
-    results = queue.enqueue(make_env("a@one.test", "b@two.test", "c@ONE.test"))
+    results = queue.enqueue(make_envelope(rcpts=["a@one.test", "b@two.test", "c@ONE.test"]))
     assert [env.recipients for env, _ in results] == [["a@one.test", "c@ONE.test"], ["b@two.test"]]
     wait_idle(queue)
     messages = sink.wait_for_messages(2)
@@ -198,7 +205,7 @@ def test_450_450_250_is_delivered_on_the_third_attempt(aiosmtpd_server, mta) -> 
     flaky = Flaky({"flaky@dst.test": 2})
     server.handler.tempfail_rcpt = flaky
     queue = mta(server.address, backoff=tiny_backoff(10))
-    queue.enqueue(make_env("flaky@dst.test"))
+    queue.enqueue(make_envelope(rcpts=["flaky@dst.test"]))
     wait_idle(queue)
     assert flaky.asked == {"flaky@dst.test": 3}
     [delivered] = server.envelopes
@@ -211,7 +218,7 @@ def test_250_550_450_delivered_once_bounced_once_retried(aiosmtpd_server, mta) -
     flaky = Flaky({"later@dst.test": 1})
     server.handler.tempfail_rcpt = flaky
     queue = mta(server.address, backoff=tiny_backoff(10))
-    queue.enqueue(make_env("ok@dst.test", "bad@dst.test", "later@dst.test"))
+    queue.enqueue(make_envelope(rcpts=["ok@dst.test", "bad@dst.test", "later@dst.test"]))
     wait_for(lambda: len(server.envelopes) >= 3, "three transactions")
     wait_idle(queue)
     by_rcpts = {tuple(env.rcpt_tos): env for env in server.envelopes}
@@ -232,7 +239,7 @@ def test_dovecot_lmtp_delivered_bounced_and_retried_per_recipient(
     bounce_queue = mta(accepting.address)
     queue = mta(dovecot_lmtp.address, lmtp=True, bounce_queue=bounce_queue, backoff=tiny_backoff(2))
     rcpts = ["alice@example.test", "nobody@example.test", "broken@example.test"]
-    queue.enqueue(make_env(*rcpts))
+    queue.enqueue(make_envelope(rcpts=rcpts))
     wait_for(lambda: len(accepting.messages()) >= 2, "two bounces")
     wait_idle(queue, bounce_queue)
     [delivered] = dovecot_lmtp.messages("alice")

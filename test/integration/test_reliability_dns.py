@@ -5,7 +5,8 @@ here (:class:`HostileDnsServer`, nothing changed in the support module) can also
 answer a name with bytes that are not a valid reply. Every MX host is routed by a
 ``socket_creator`` to a local fault server, so a delivery is visible there.
 
-For every fault: the attempt fails *transiently* with ``451 4.4.3`` (API §11) within
+For every fault: the attempt fails *transiently* with ``451 4.4.3`` (a DNS failure is
+never permanent; see "Reply codes the relays produce" in doc/semantics.rst) within
 the resolver's timeout, nothing is connected to, the resolver stays usable (a fresh
 domain is delivered right after), and no descriptor or greenlet leaks.
 """
@@ -196,8 +197,8 @@ def test_transient_dns_failure_is_cached_briefly_then_recovers(
     setup: tuple[HostileDnsServer, FaultServer, Router, MxSmtpRelay],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    # SERVFAIL, then the zone is fixed: the failure is remembered for at most 5 s
-    # (API §11), after which the same domain is delivered.
+    # SERVFAIL, then the zone is fixed: the MX relay remembers a failed lookup for at
+    # most 5 s, after which the same domain is delivered.
     import slimta.relay.smtp.mx as mx_module
 
     dns, _server, _router, relay = setup

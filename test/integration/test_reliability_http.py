@@ -137,7 +137,8 @@ def test_http_fault(
                       idle_timeout=idle_timeout, pool_size=1)
     try:
         first = timed_attempt(relay, make_envelope())
-        # Codes/ESCs are what API §12 maps transport failures to; either way transient.
+        # The code and enhanced status code the HTTP relay gives this transport failure
+        # (doc/semantics.rst, "Reply codes the relays produce"); either way transient.
         error = assert_relay_error(first.error, False)
         assert (error.reply.code, error.reply.enhanced_status_code) == (code, esc), error.reply
         assert first.elapsed < TIMEOUT + SLACK_SECONDS, f"{first.elapsed:.2f}s"

@@ -3,7 +3,8 @@
 As in ``test_reliability_smtp.py``: classification, time bound, recovery (the next
 attempt is delivered) and no leaked descriptors or greenlets. LMTP adds the
 per-recipient replies after the data (RFC 2033): a fault partway through them must
-keep the replies already received (API D-x15) and fail only the rest, transiently.
+keep the replies already received (a recipient that got its 250 is delivered and
+must not be sent again on retry) and fail only the rest, transiently.
 """
 
 from __future__ import annotations
@@ -146,7 +147,7 @@ def test_fault_between_per_recipient_replies(
     fast_fault_server: Callable[..., FaultServer], relays: list[StaticLmtpRelay], fault: str
 ) -> None:
     # The first recipient's reply arrives, then the fault: it keeps its delivery
-    # (D-x15: no duplicate on retry), only the second fails, transiently.
+    # (so a retry sends it no duplicate), only the second fails, transiently.
     junk = {"close": b"", "reset": b"", "stall": b"", "garbage": GARBAGE,
             "oversized_line": OVERSIZED_LINE}[fault]
     first_reply = b"250 2.0.0 one delivered\r\n"

@@ -1,7 +1,7 @@
 """Pipe relay faults: a delivery program that crashes, is killed by a signal, floods
 its output, never exits, or leaves a grandchild holding its pipes.
 
-For each: the attempt is resolved and classified (API §13: transient unless the
+For each: the attempt is resolved and classified (the pipe relay's rule: transient unless the
 program says ``5.x.x``; a signal is transient), it ends within ``timeout`` plus slack,
 the next attempt is delivered, and afterwards no child is left running or as a
 zombie and no descriptor or greenlet leaks.

@@ -134,13 +134,14 @@ class Case:
 
 
 def _expect_failure(case: Case, outcome: Outcome) -> None:
-    """The classification of the faulty attempt, per API §0."""
+    """The classification of the faulty attempt: transient or permanent, with a reply code
+    and an enhanced status code of the same class (doc/semantics.rst)."""
     step, fault = case.step, case.fault
     four, five, _ = REPLIES[step]
     # Pipelined MAIL/RCPT/DATA are read back together while the stage is DATA.
     named = case.pipelining or step not in ("MAIL", "RCPT")
     command = _STEP_COMMAND[step] if named else None
-    if step == "STARTTLS":  # tls_required: every STARTTLS failure is 421 4.7.0 (D-x16)
+    if step == "STARTTLS":  # tls_required: every STARTTLS failure is transient 421 4.7.0
         esc = "4.4.2" if fault == "stall" else "4.7.0"
         assert_relay_error(outcome.error, False, "421", esc, b"STARTTLS")
         return

@@ -12,6 +12,7 @@ import support.smtp_edge
 from gevent.event import Event
 from support.smtp_edge import PASSWORD, USER, EdgeUnderTest
 from support.smtp_wire import Wire, connect
+from support.util import GUARD_SECONDS
 
 from slimta.edge import Edge, EdgeServer
 from slimta.edge.smtp import SmtpEdge, SmtpSession, SmtpValidators
@@ -80,7 +81,7 @@ class GatedStorage(DictStorage):
 
     def write(self, envelope: Envelope, timestamp: float) -> str:
         self.entered.set()
-        self.release.wait(10)
+        self.release.wait(GUARD_SECONDS)
         return super().write(envelope, timestamp)
 
 
@@ -92,7 +93,7 @@ def test_250_only_once_the_store_holds_the_message(smtp_edge: Any) -> None:
         wire.send(b"EHLO c\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nDATA\r\n")
         assert wire.codes(5) == ["220", "250", "250", "250", "354"]
         wire.send(MESSAGE + b".\r\n")
-        assert storage.entered.wait(10)
+        assert storage.entered.wait(GUARD_SECONDS)
         wire.sock.setblocking(False)
         with pytest.raises(BlockingIOError):
             wire.sock.recv(100)  # nothing yet: the store is still writing

@@ -14,6 +14,7 @@ import gevent
 import gevent.socket
 import pytest
 from support.corpus import corpus_names, expected_flatten, load
+from support.util import GUARD_SECONDS
 from support.wsgi_edge import WsgiEdgeUnderTest
 
 from slimta.edge.wsgi import WsgiEdge, WsgiResponse, WsgiValidators, smtp_reply_header
@@ -25,8 +26,6 @@ from slimta.queue.dict import DictStorage
 from slimta.relay import PermanentRelayError, TransientRelayError
 from slimta.relay.http import HttpRelay
 from slimta.smtp.reply import Reply
-
-GUARD_SECONDS = 20.0
 
 
 def relay_to(edge: WsgiEdgeUnderTest) -> HttpRelay:

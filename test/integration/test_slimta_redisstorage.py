@@ -1,7 +1,11 @@
 """RedisStorage against a real redis-server on loopback."""
 
+from functools import partial
+
 import gevent
 import pytest
+from support import envelopes
+from support.util import GUARD_SECONDS
 
 pytest.importorskip("redis")
 
@@ -18,12 +22,20 @@ RAW = (
 )
 
 
-def make_envelope():
-    env = Envelope("alice@example.com", ["a@x.net", "b@x.net", "c@x.net", "d@x.net"])
-    env.parse(RAW)
+parsed_envelope = partial(
+    envelopes.make_envelope,
+    sender="alice@example.com",
+    rcpts=["a@x.net", "b@x.net", "c@x.net", "d@x.net"],
+    data=RAW,
+    client={"ip": "192.0.2.1", "name": "x.example.com"},
+    timestamp=1700000000.5,
+)
+
+
+def received_envelope() -> Envelope:
+    """The shared envelope with a header added after parsing: the store must keep it."""
+    env = parsed_envelope()
     env.prepend_header("Received", "from x by y; Tue, 1 Dec 2026 10:00:00 +0000")
-    env.client = {"ip": "192.0.2.1", "name": "x.example.com"}
-    env.timestamp = 1700000000.5
     return env
 
 
@@ -39,7 +51,7 @@ def store(redis_server, redis_prefix):
 
 
 def test_write_get_round_trip_is_byte_for_byte(store):
-    env = make_envelope()
+    env = received_envelope()
     id = store.write(env, 1234.5)
     got, attempts = store.get(id)
     assert attempts == 0 and got.flatten() == env.flatten()
@@ -50,7 +62,7 @@ def test_write_get_round_trip_is_byte_for_byte(store):
 
 
 def test_updates_and_relative_delivered_indexes(store):
-    id = store.write(make_envelope(), 1.0)
+    id = store.write(received_envelope(), 1.0)
     assert store.increment_attempts(id) == 1
     assert store.increment_attempts(id) == 2
     store.set_timestamp(id, 77.25)
@@ -63,7 +75,7 @@ def test_updates_and_relative_delivered_indexes(store):
 
 
 def test_remove_and_missing_messages(store):
-    id = store.write(make_envelope(), 1.0)
+    id = store.write(received_envelope(), 1.0)
     store.remove(id)
     assert list(store.load()) == [] and store.get_info() == {"size": 0}
     with pytest.raises(KeyError):
@@ -80,7 +92,7 @@ def test_remove_and_missing_messages(store):
 
 
 def test_corrupt_envelope_is_a_queue_error(store):
-    id = store.write(make_envelope(), 1.0)
+    id = store.write(received_envelope(), 1.0)
     store.redis.hset(store.prefix + id, "envelope", b"garbage")
     with pytest.raises(QueueError):
         store.get(id)
@@ -91,7 +103,7 @@ def test_unreachable_redis_is_a_queue_error():
 
     store = RedisStorage("127.0.0.1", free_port(), socket_timeout=2.0)
     with pytest.raises(QueueError):
-        store.write(make_envelope(), 1.0)
+        store.write(received_envelope(), 1.0)
     with pytest.raises(QueueError):
         list(store.load())
 
@@ -113,13 +125,13 @@ def test_redis_io_is_cooperative(store):
             gevent.sleep(0)
 
     def writer():
-        ids = [store.write(make_envelope(), float(i)) for i in range(20)]
+        ids = [store.write(received_envelope(), float(i)) for i in range(20)]
         seen_by_writer.append(len(ticks))
         return ids
 
     t = gevent.spawn(ticker)
-    ids = gevent.spawn(writer).get(timeout=10)
-    t.join(5)
+    ids = gevent.spawn(writer).get(timeout=GUARD_SECONDS)
+    t.join(GUARD_SECONDS)
     # Other greenlets ran while the writer waited on Redis.
     assert seen_by_writer[0] >= 20 and len(set(ids)) == 20
 
@@ -129,8 +141,8 @@ def test_more_concurrent_writers_than_connections_wait_their_turn(redis_server, 
         redis_server.host, redis_server.port, prefix=redis_prefix, max_connections=4
     )
     try:
-        jobs = [gevent.spawn(store.write, make_envelope(), float(i)) for i in range(200)]
-        gevent.joinall(jobs, timeout=30, raise_error=True)
+        jobs = [gevent.spawn(store.write, received_envelope(), float(i)) for i in range(200)]
+        gevent.joinall(jobs, timeout=GUARD_SECONDS, raise_error=True)
         ids = [job.value for job in jobs]
         assert len(set(ids)) == 200 and store.get_info() == {"size": 200}
         assert len(store.redis.connection_pool._available_connections) <= 4
@@ -158,7 +170,7 @@ class RequestCounter:
 
 
 def test_wait_takes_what_is_queued_in_one_round_trip(store, monkeypatch):
-    ids = [store.write(make_envelope(), float(i)) for i in range(50)]
+    ids = [store.write(received_envelope(), float(i)) for i in range(50)]
     requests = RequestCounter(store, monkeypatch)
     assert store.wait() == [(float(i), id) for i, id in enumerate(ids)]
     assert requests.count == 1
@@ -173,13 +185,13 @@ def test_wait_takes_batches_and_then_blocks(redis_server, redis_prefix, monkeypa
         redis_server.host, redis_server.port, prefix=redis_prefix, socket_timeout=0.4
     )
     try:
-        ids = [store.write(make_envelope(), float(i)) for i in range(25)]
+        ids = [store.write(received_envelope(), float(i)) for i in range(25)]
         got = [store.wait() for _ in range(3)]
         assert [len(batch) for batch in got] == [10, 10, 5]
         assert [id for batch in got for _, id in batch] == ids  # in order, each once
         # Nothing left: it blocks (BLPOP) and then gives up empty-handed.
         assert store.wait() == []
-        later = store.write(make_envelope(), 99.0)
+        later = store.write(received_envelope(), 99.0)
         assert store.wait() == [(99.0, later)]
     finally:
         keys = store.redis.keys(redis_prefix + "*")
@@ -190,15 +202,15 @@ def test_wait_takes_batches_and_then_blocks(redis_server, redis_prefix, monkeypa
 
 def test_concurrent_writes_and_removals_share_round_trips(store, monkeypatch):
     requests = RequestCounter(store, monkeypatch)
-    jobs = [gevent.spawn(store.write, make_envelope(), float(i)) for i in range(100)]
-    gevent.joinall(jobs, timeout=10, raise_error=True)
+    jobs = [gevent.spawn(store.write, received_envelope(), float(i)) for i in range(100)]
+    gevent.joinall(jobs, timeout=GUARD_SECONDS, raise_error=True)
     ids = [job.value for job in jobs]
     written = requests.count
     assert len(set(ids)) == 100 and store.get_info() == {"size": 100}
-    assert all(store.get(id)[0].recipients == make_envelope().recipients for id in ids[::10])
+    assert all(store.get(id)[0].recipients == received_envelope().recipients for id in ids[::10])
     requests.count = 0
     removals = [gevent.spawn(store.remove, id) for id in ids]
-    gevent.joinall(removals, timeout=10, raise_error=True)
+    gevent.joinall(removals, timeout=GUARD_SECONDS, raise_error=True)
     removed = requests.count
     assert store.get_info() == {"size": 0}
     for id in ids[::10]:
@@ -215,8 +227,8 @@ def test_a_failed_command_in_a_shared_batch_fails_only_its_own_caller(store, mon
     monkeypatch.setattr(uuid, "uuid4", lambda: next(ids))
     # A key of the wrong type makes the second message's HSET fail inside the batch.
     store.redis.set(store.prefix + uuid.UUID(int=2).hex, "not a hash")
-    jobs = [gevent.spawn(store.write, make_envelope(), 1.0) for _ in range(3)]
-    gevent.joinall(jobs, timeout=10)
+    jobs = [gevent.spawn(store.write, received_envelope(), 1.0) for _ in range(3)]
+    gevent.joinall(jobs, timeout=GUARD_SECONDS)
     assert isinstance(jobs[1].exception, QueueError)
     assert jobs[0].value == uuid.UUID(int=1).hex and jobs[2].value == uuid.UUID(int=3).hex
     assert store.get(jobs[0].value)[1] == 0 and store.get(jobs[2].value)[1] == 0

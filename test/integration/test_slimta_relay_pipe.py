@@ -351,7 +351,7 @@ def test_shell_and_managed_streams_refused() -> None:
         PipeRelay(["true"], stdout=None)
 
 
-# -- raise_error (D14) ---------------------------------------------------------------------
+# -- raise_error: the overridable exit-status-to-error hook ----------------------------------
 
 
 @pytest.mark.parametrize("convert", [lambda s: s, lambda s: s.encode()])

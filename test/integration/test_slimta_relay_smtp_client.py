@@ -68,7 +68,7 @@ def fails(address: Any, envelope: Envelope, **kwargs: Any) -> SmtpRelayError:
     with pytest.raises(SmtpRelayError) as info:
         run(address, envelope, **kwargs)
     error = info.value
-    # §0 invariant: a code and an ESC whose class matches it.
+    # Every relay error carries a code and an enhanced status code of the same class.
     assert error.reply.code is not None
     assert error.reply.enhanced_status_code is not None
     assert error.reply.enhanced_status_code[0] == error.reply.code[0]
@@ -238,7 +238,7 @@ def test_error_banner(fault_server: Any, banner: str, cls: type, code: str) -> N
     error = fails(server.address, make_envelope())
     assert type(error) is cls and error.reply.code == code
     assert error.reply.command == b"[BANNER]"
-    assert error.reply.enhanced_status_code == code[0] + ".0.0"  # §0: always an ESC
+    assert error.reply.enhanced_status_code == code[0] + ".0.0"  # always an enhanced status code
     server.wait_closed()
     assert b"EHLO" not in server.sessions[0].verbs()
 
@@ -302,7 +302,7 @@ def test_null_sender(fault_server: Any) -> None:
     assert [s.commands[1] for s in server.sessions] == [b"MAIL FROM:<>"] * 2
 
 
-# -- recipients: D-x5, D9, D8 -----------------------------------------------------------
+# -- recipients: per-recipient results, hostile and non-ASCII addresses -----------------
 
 
 def test_some_recipients_rejected(fault_server: Any) -> None:
@@ -391,7 +391,7 @@ def test_non_ascii_addresses_with_smtputf8(fault_server: Any) -> None:
     assert commands[2] == "RCPT TO:<zoë@x.test>".encode()
 
 
-# -- SIZE and 8-bit (D8) ----------------------------------------------------------------
+# -- SIZE and 8-bit: refused or converted before MAIL FROM ------------------------------
 
 
 def test_size_limit_fails_before_mail(fault_server: Any) -> None:
@@ -455,7 +455,8 @@ def test_timeout_without_pipelining_names_the_command(fault_server: Any) -> None
 
 @pytest.mark.parametrize("extensions", [["PIPELINING"], []])
 def test_data_timeout_bounds_the_final_reply(fault_server: Any, extensions: list[str]) -> None:
-    # D-x3: with a 60 s command timeout, only data_timeout can end this within the guard.
+    # The final reply after the data is bounded by data_timeout, not command_timeout:
+    # with a 60 s command timeout, only data_timeout can end this within the guard.
     server = fault_server({"DATA_END": STALL}, extensions=extensions)
     error = fails(server.address, make_envelope(), command_timeout=60.0, data_timeout=0.3)
     expect(error, SmtpTransientRelayError, "421", "4.4.2", b"[SEND_DATA]")
@@ -563,7 +564,7 @@ def test_starttls_refused(fault_server: Any) -> None:
     script = {"STARTTLS": "554 5.7.0 Not now"}
     server = fault_server(script, extensions=["PIPELINING", "STARTTLS"])
     error = fails(server.address, make_envelope(), tls_required=True)
-    expect(error, SmtpTransientRelayError, "421", "4.7.0", b"STARTTLS")  # D-x16: not 5xx
+    expect(error, SmtpTransientRelayError, "421", "4.7.0", b"STARTTLS")  # transient, not 5xx
     # Without tls_required, carry on in clear (Compat).
     result = run(server.address, make_envelope())
     assert isinstance(result["rcpt@example.test"], Reply)

@@ -1,4 +1,4 @@
-"""LmtpRelayClient: LHLO, one reply per recipient, partial replies kept (D-x15).
+"""LmtpRelayClient: LHLO, one reply per recipient, replies received before a fault kept.
 
 Delivery is checked in real Maildirs of a private Dovecot (TCP and unix socket); the
 per-recipient and hostile cases use aiosmtpd in LMTP mode and the fault server.
@@ -147,7 +147,7 @@ def test_aiosmtpd_lmtp_replies_per_recipient(aiosmtpd_server: Any) -> None:
 
 
 def test_connection_lost_keeps_replies_already_received(fault_server: Any) -> None:
-    # D-x15: the first recipient's 250 arrived before the drop; only the rest are retried.
+    # The first recipient's 250 arrived before the drop; only the rest are retried.
     server = fault_server({"DATA_END": Hangup("250 2.0.0 <a@x.test> Delivered")}, lmtp=True,
                           extensions=LMTP_EXTENSIONS)
     result = run(*server.address, make_envelope(rcpts=("a@x.test", "b@x.test", "c@x.test")))

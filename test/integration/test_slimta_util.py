@@ -9,6 +9,7 @@ from typing import Any
 import gevent
 import gevent.socket
 import pytest
+from support.util import GUARD_SECONDS
 
 import slimta.util
 from slimta.util import build_ipv4_socket_creator, create_connection_ipv4, create_listeners
@@ -25,7 +26,7 @@ def listener() -> Any:
 
 def test_connects_over_ipv4(listener: Any) -> None:
     port = listener.getsockname()[1]
-    with gevent.Timeout(5):
+    with gevent.Timeout(GUARD_SECONDS):
         sock = create_connection_ipv4(("localhost", port), timeout=5.0)
         peer, _ = listener.accept()
     try:
@@ -39,7 +40,7 @@ def test_connects_over_ipv4(listener: Any) -> None:
 
 def test_source_address(listener: Any) -> None:
     port = listener.getsockname()[1]
-    with gevent.Timeout(5):
+    with gevent.Timeout(GUARD_SECONDS):
         sock = create_connection_ipv4(("127.0.0.1", port), None, ("127.0.0.1", 0))
         peer, _ = listener.accept()
     sock.close()

@@ -12,6 +12,7 @@ import gevent.socket
 import pytest
 import support.smtp_edge
 from support.smtp_wire import Wire, connect
+from support.util import GUARD_SECONDS
 
 from slimta.edge import EdgeServer
 from slimta.util.proxyproto import (
@@ -26,7 +27,6 @@ from slimta.util.proxyproto import (
 
 smtp_edge = support.smtp_edge.smtp_edge
 
-GUARD_SECONDS = 10.0
 #: What follows the header on the wire: it must stay unread for the edge.
 AFTER = b"EHLO client.example\r\n"
 

@@ -20,7 +20,7 @@ from aiosmtpd.lmtp import LMTP
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
 from support.tls import TlsCert
-from support.util import free_port
+from support.util import GUARD_SECONDS, free_port
 
 __all__ = [
     "AiosmtpdServer",
@@ -33,8 +33,6 @@ __all__ = [
 HOST = "127.0.0.1"
 #: Name the server announces in its greeting and EHLO reply.
 SERVER_HOSTNAME = "aiosmtpd.test"
-#: Seconds the controller may take to come up before the fixture fails.
-READY_TIMEOUT = 10.0
 
 
 @dataclass(frozen=True)
@@ -258,7 +256,7 @@ def aiosmtpd_server(tls_cert: TlsCert) -> Iterator[AiosmtpdFactory]:
                 port=port,
                 ssl_context=tls_context,
                 server_hostname=SERVER_HOSTNAME,
-                ready_timeout=READY_TIMEOUT,
+                ready_timeout=GUARD_SECONDS,
                 **smtp_kwargs,
             )
             controller.start()

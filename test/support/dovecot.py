@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import pytest
 
 from support.util import (
+    GUARD_SECONDS,
     chown_nobody,
     free_port,
     read_maildir,
@@ -144,7 +145,11 @@ class DovecotLda:
     def run(self, user: str, sender: str, message: bytes) -> subprocess.CompletedProcess[bytes]:
         """Deliver ``message`` and return the finished process (exit code, output)."""
         return subprocess.run(
-            self.args(user, sender), input=message, capture_output=True, timeout=30, check=False
+            self.args(user, sender),
+            input=message,
+            capture_output=True,
+            timeout=GUARD_SECONDS,
+            check=False,
         )
 
     def maildir(self, user: str) -> str:

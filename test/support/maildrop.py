@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from support.util import read_maildir, require_program, shared_tmpdir
+from support.util import GUARD_SECONDS, read_maildir, require_program, shared_tmpdir
 
 __all__ = ["MaildropBox", "maildrop_box"]
 
@@ -65,7 +65,7 @@ class MaildropBox:
             self.args(sender, filter_path),
             input=message,
             capture_output=True,
-            timeout=30,
+            timeout=GUARD_SECONDS,
             check=False,
         )
 

@@ -34,16 +34,10 @@ from dataclasses import dataclass
 import pytest
 from gevent import subprocess as gsubprocess
 
-from support.util import require_program, stop_process_group, wait_until
+from support.util import GUARD_SECONDS, require_program, stop_process_group, wait_until
 
 __all__ = ["PostfixInstance", "postfix_client", "strip_postfix_received"]
 
-#: Seconds for ``postfix start-fg`` to have its master and pickup running.
-START_TIMEOUT_SECONDS = 20.0
-#: Seconds one ``sendmail`` run may take (it only writes to the maildrop queue).
-SENDMAIL_TIMEOUT_SECONDS = 20.0
-#: Seconds ``postfix stop`` may take before the process group is killed.
-STOP_TIMEOUT_SECONDS = 10.0
 
 #: Where Debian installs the Postfix daemons (master, pickup, smtp...).
 DAEMON_DIRECTORY = "/usr/lib/postfix/sbin/"
@@ -143,7 +137,7 @@ class PostfixInstance:
         proc = gsubprocess.Popen(
             cmd, stdin=gsubprocess.PIPE, stdout=gsubprocess.PIPE, stderr=gsubprocess.STDOUT
         )
-        out, _ = proc.communicate(data, timeout=SENDMAIL_TIMEOUT_SECONDS)
+        out, _ = proc.communicate(data, timeout=GUARD_SECONDS)
         if proc.returncode != 0:
             raise AssertionError(f"sendmail exited {proc.returncode}: {out!r}\n{self.log()}")
 
@@ -212,11 +206,11 @@ def _stop(postfix: str, base: str, proc: subprocess.Popen[bytes]) -> None:
                 [postfix, "-c", config_dir, "stop"],
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
-                timeout=STOP_TIMEOUT_SECONDS,
+                timeout=GUARD_SECONDS,
                 check=False,
             )
         with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(STOP_TIMEOUT_SECONDS)
+            proc.wait(GUARD_SECONDS)
     stop_process_group(proc)
     if master is not None:
         with contextlib.suppress(RuntimeError):
@@ -254,7 +248,7 @@ def postfix_client() -> Iterator[PostfixFactory]:
             check = subprocess.run(
                 [postfix, "-c", config_dir, "check"],
                 capture_output=True,
-                timeout=START_TIMEOUT_SECONDS,
+                timeout=GUARD_SECONDS,
                 check=False,
             )
             if check.returncode != 0:
@@ -277,7 +271,7 @@ def postfix_client() -> Iterator[PostfixFactory]:
                     os.path.join(base, "queue", "pid", "master.pid")
                 )
 
-            wait_until(ready, "the postfix master to start", START_TIMEOUT_SECONDS)
+            wait_until(ready, "the postfix master to start", GUARD_SECONDS)
             return instance
 
         yield start

@@ -29,6 +29,10 @@ from slimta.envelope import Envelope
 from slimta.queue import Queue, QueueStorage
 from slimta.relay.smtp.static import StaticSmtpRelay
 
+# Run as a script, this file sees only its own folder; test/ makes support.* importable.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from support.envelopes import make_envelope  # noqa: E402
+
 
 def make_store(spec: str) -> QueueStorage:
     kind, _, rest = spec.partition(":")
@@ -44,16 +48,20 @@ def make_store(spec: str) -> QueueStorage:
     raise SystemExit(f"unknown store {spec!r}")
 
 
-def make_envelope(test_id: str, rcpts: list[str]) -> Envelope:
-    env = Envelope("sender@src.test", list(rcpts))
-    env.parse(
+def crash_envelope(test_id: str, rcpts: list[str]) -> Envelope:
+    """The shared envelope, with headers naming ``test_id`` (the receiver logs it)."""
+    headers = (
         b"From: sender@src.test\r\n"
         b"To: " + b", ".join(r.encode() for r in rcpts) + b"\r\n"
         b"Subject: crash test " + test_id.encode() + b"\r\n"
         b"X-Test-Id: " + test_id.encode() + b"\r\n"
-        b"\r\n" + b"line of body text\r\n" * 20
     )
-    return env
+    return make_envelope(
+        sender="sender@src.test",
+        rcpts=rcpts,
+        headers=headers,
+        body=b"line of body text\r\n" * 20,
+    )
 
 
 def main(argv: list[str]) -> int:
@@ -84,7 +92,7 @@ def main(argv: list[str]) -> int:
     rcpts = args.rcpts.split(",")
     for n in range(args.enqueue):
         test_id = f"{args.id_prefix}-{n}"
-        [(_, result)] = queue.enqueue(make_envelope(test_id, rcpts))
+        [(_, result)] = queue.enqueue(crash_envelope(test_id, rcpts))
         if not isinstance(result, str):
             log(ev="refused", id=test_id, error=repr(result))
             return 3

@@ -4,7 +4,7 @@
   descriptors (``/proc/self/fd``) and live greenlets before and after an attempt;
 * :func:`timed_attempt`: run one ``relay.attempt`` under a guard, measure it with
   :func:`time.monotonic` and return what it returned or raised;
-* :func:`assert_relay_error`: the API §0 invariant (a code and an enhanced status
+* :func:`assert_relay_error`: every relay error carries a reply (a code and an enhanced status
   code whose class digit matches) plus the expected classification.
 
 The time bounds asserted with these helpers are outcome bounds: an attempt that
@@ -161,7 +161,7 @@ def assert_relay_error(
     esc: str | None = None,
     command: bytes | None = None,
 ) -> RelayError:
-    """Check the §0 invariant and the classification of ``error``."""
+    """Check that ``error`` carries a code and a matching enhanced status code, and its class."""
     assert isinstance(error, RelayError), f"expected a RelayError, got {error!r}"
     cls = PermanentRelayError if permanent else TransientRelayError
     assert isinstance(error, cls), f"{error!r} is not {cls.__name__}: {error.reply}"

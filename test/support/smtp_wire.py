@@ -13,11 +13,9 @@ import gevent
 from gevent import socket as gsocket
 
 from slimta.smtp._wire import ReplyParser
+from support.util import GUARD_SECONDS
 
 __all__ = ["Wire", "connect"]
-
-#: How long a test waits for one reply before it fails.
-REPLY_TIMEOUT = 10.0
 
 
 class Wire:
@@ -34,7 +32,7 @@ class Wire:
         """Write ``data`` as is."""
         self.sock.sendall(data)
 
-    def reply(self, timeout: float = REPLY_TIMEOUT) -> tuple[str, str]:
+    def reply(self, timeout: float = GUARD_SECONDS) -> tuple[str, str]:
         """The next reply, ``(code, text)``; fails the test after ``timeout``."""
         with gevent.Timeout(timeout, AssertionError("no reply from the server")):
             while True:
@@ -54,7 +52,7 @@ class Wire:
         """The codes of the next ``count`` replies."""
         return [code for code, _ in self.replies(count)]
 
-    def rest(self, timeout: float = REPLY_TIMEOUT) -> bytes:
+    def rest(self, timeout: float = GUARD_SECONDS) -> bytes:
         """Every byte the server writes until it closes, unparsed."""
         data = self.parser.take_pending()
         with gevent.Timeout(timeout, AssertionError("server did not close")):
@@ -67,7 +65,7 @@ class Wire:
                     return data
                 data += chunk
 
-    def closed(self, timeout: float = REPLY_TIMEOUT) -> bool:
+    def closed(self, timeout: float = GUARD_SECONDS) -> bool:
         """True once the server has closed (EOF with nothing more to read)."""
         with gevent.Timeout(timeout, AssertionError("server did not close")):
             while True:
@@ -91,4 +89,4 @@ class Wire:
 
 def connect(address: tuple[str, int]) -> Wire:
     """A :class:`Wire` connected to ``address``."""
-    return Wire(gsocket.create_connection(address, timeout=REPLY_TIMEOUT))
+    return Wire(gsocket.create_connection(address, timeout=GUARD_SECONDS))

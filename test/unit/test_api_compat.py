@@ -23,7 +23,8 @@ for _snapshot in ("python_slimta_api.json", "python_slimta_api_upper.json"):
     with open(os.path.join(os.path.dirname(os.path.dirname(__file__)), "data", _snapshot)) as _f:
         ORIGINAL.update(json.load(_f))
 
-#: Names API.md requires that are importable without being in ``__all__``.
+#: Names python-slimta programs import from these modules although the original
+#: leaves them out of ``__all__``: they must stay importable.
 EXTRA_NAMES = {
     "slimta.relay": ["RelayError"],
     "slimta.relay.smtp": ["SmtpTransientRelayError", "SmtpPermanentRelayError"],
@@ -34,7 +35,8 @@ EXTRA_NAMES = {
     "slimta.core": ["__version__"],
 }
 
-#: Private members that API.md names as hooks; other private members are internals.
+#: Private members that python-slimta programs override or call as hooks (they are kept
+#: like public ones); other private members are internals.
 PRIVATE_HOOKS = {"__init__", "_attempt", "_run", "_flush_pipeline", "_client_class",
                  "_default_class"}
 

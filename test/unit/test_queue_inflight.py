@@ -9,12 +9,15 @@ the test releases them, so the tests can count what is in flight at any moment.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from functools import partial
 from typing import Any
 
 import gevent
 import gevent.queue
 import pytest
 from gevent.event import Event
+from support import envelopes
+from support.util import GUARD_SECONDS
 
 import slimta.queue as queue_module
 from slimta.envelope import Envelope
@@ -23,14 +26,12 @@ from slimta.queue.dict import DictStorage
 from slimta.relay import Relay
 from slimta.relay.pool import RelayPool
 
-GUARD_SECONDS = 5.0
-
-
-def make_env(rcpt: str) -> Envelope:
-    env = Envelope("sender@src.test", [rcpt])
-    env.parse(b"From: sender@src.test\r\nSubject: inflight\r\n\r\nbody\r\n")
-    env.timestamp = 1_700_000_000.0
-    return env
+make_envelope = partial(
+    envelopes.make_envelope,
+    sender="sender@src.test",
+    data=b"From: sender@src.test\r\nSubject: inflight\r\n\r\nbody\r\n",
+    timestamp=1_700_000_000.0,
+)
 
 
 class GatedRelay(RelayPool):
@@ -120,7 +121,7 @@ def test_default_bound_follows_the_relays_pool_size(queues) -> None:
     limit = ATTEMPTS_PER_CONNECTION * 3
     assert queue.max_attempts == limit
     with gevent.Timeout(GUARD_SECONDS):  # enqueue() never waits for a slot
-        ids = [queue.enqueue(make_env(f"r{n}@x.test"))[0][1] for n in range(25)]
+        ids = [queue.enqueue(make_envelope(rcpts=[f"r{n}@x.test"]))[0][1] for n in range(25)]
     relay.wait_started(limit)
     gevent.idle()
     assert relay.in_flight == limit and len(queue._attempts) == limit
@@ -142,7 +143,7 @@ def test_explicit_relay_pool_is_the_bound(queues) -> None:
     queue = start(queues, store, relay, relay_pool=2)
     assert queue.max_attempts == 2
     for n in range(6):
-        queue.enqueue(make_env(f"r{n}@x.test"))
+        queue.enqueue(make_envelope(rcpts=[f"r{n}@x.test"]))
     relay.wait_started(2)
     gevent.idle()
     assert relay.in_flight == 2
@@ -159,7 +160,7 @@ def test_without_a_pool_size_nothing_is_bounded(queues, relay_factory) -> None:
     queue = start(queues, store, relay)
     assert queue.max_attempts is None
     for n in range(30):
-        queue.enqueue(make_env(f"r{n}@x.test"))
+        queue.enqueue(make_envelope(rcpts=[f"r{n}@x.test"]))
     with gevent.Timeout(GUARD_SECONDS):
         while relay.in_flight < 30:
             gevent.sleep(0.001)
@@ -173,7 +174,7 @@ def test_past_the_memory_cap_waiting_messages_are_read_back(queues, monkeypatch)
     store = CountingStore()
     relay = GatedRelay(pool_size=1)
     queue = start(queues, store, relay, relay_pool=1)
-    ids = [queue.enqueue(make_env(f"r{n}@x.test"))[0][1] for n in range(6)]
+    ids = [queue.enqueue(make_envelope(rcpts=[f"r{n}@x.test"]))[0][1] for n in range(6)]
     relay.gate.set()
     wait_empty(store)
     # Enqueued with no switch in between: the first two kept their envelope
@@ -187,7 +188,7 @@ def test_stop_with_messages_waiting_for_a_slot_loses_and_repeats_nothing(queues)
     relay = GatedRelay(pool_size=1)
     queue = start(queues, store, relay)
     limit = ATTEMPTS_PER_CONNECTION
-    ids = [queue.enqueue(make_env(f"r{n}@x.test"))[0][1] for n in range(limit + 6)]
+    ids = [queue.enqueue(make_envelope(rcpts=[f"r{n}@x.test"]))[0][1] for n in range(limit + 6)]
     relay.wait_started(limit)
     stopper = gevent.spawn(queue.stop, GUARD_SECONDS)
     gevent.idle()
@@ -210,7 +211,7 @@ def test_kill_with_messages_waiting_for_a_slot_keeps_them_all(queues) -> None:
     store = CountingStore()
     relay = GatedRelay(pool_size=1)
     queue = start(queues, store, relay)
-    ids = [queue.enqueue(make_env(f"r{n}@x.test"))[0][1] for n in range(8)]
+    ids = [queue.enqueue(make_envelope(rcpts=[f"r{n}@x.test"]))[0][1] for n in range(8)]
     relay.wait_started(ATTEMPTS_PER_CONNECTION)
     queue.kill()
     assert queue.dead and len(queue._attempts) == 0 and relay.in_flight == 0
@@ -250,7 +251,7 @@ def test_a_write_announced_before_enqueue_returns_is_attempted_once_unread(queue
     relay.gate.set()
     queue = start(queues, store, relay)
     queue._time = lambda: 5000.0
-    ids = [queue.enqueue(make_env(f"r{n}@x.test"))[0][1] for n in range(5)]
+    ids = [queue.enqueue(make_envelope(rcpts=[f"r{n}@x.test"]))[0][1] for n in range(5)]
     # Each ID was scheduled from the feed before enqueue() had it: the queue
     # keeps the envelope for it instead of starting a second attempt.
     assert sorted(queue.queued_ids) == sorted(ids) and sorted(queue._fresh) == sorted(ids)
@@ -267,7 +268,7 @@ def test_a_write_announced_and_read_before_enqueue_returns_is_attempted_once(que
     relay = GatedRelay(pool_size=2)
     relay.gate.set()
     queue = start(queues, store, relay)
-    ids = [queue.enqueue(make_env(f"r{n}@x.test"))[0][1] for n in range(5)]
+    ids = [queue.enqueue(make_envelope(rcpts=[f"r{n}@x.test"]))[0][1] for n in range(5)]
     wait_empty(store)
     # Here the queue read each one back before enqueue() returned: still one
     # attempt each, and nothing left behind.
@@ -282,7 +283,7 @@ def test_an_id_announced_after_its_delivery_is_not_read_back(queues) -> None:
     relay = GatedRelay(pool_size=2)
     relay.gate.set()
     queue = start(queues, store, relay)
-    [(_, id)] = queue.enqueue(make_env("late@x.test"))
+    [(_, id)] = queue.enqueue(make_envelope(rcpts=["late@x.test"]))
     wait_empty(store)
     store.feed.put((0.0, id))  # the store's feed is late
     gevent.idle()
@@ -296,7 +297,7 @@ def test_finished_ids_are_remembered_up_to_a_limit(queues, monkeypatch) -> None:
     relay = GatedRelay(pool_size=2)
     relay.gate.set()
     queue = start(queues, store, relay)
-    ids = [queue.enqueue(make_env(f"r{n}@x.test"))[0][1] for n in range(7)]
+    ids = [queue.enqueue(make_envelope(rcpts=[f"r{n}@x.test"]))[0][1] for n in range(7)]
     wait_empty(store)
     with gevent.Timeout(GUARD_SECONDS):
         queue._attempts.join()

@@ -5,13 +5,12 @@ from __future__ import annotations
 import gevent
 import pytest
 from gevent.event import Event
+from support.util import GUARD_SECONDS
 
 pytest.importorskip("redis")
 
 from slimta.queue import QueueError  # noqa: E402
 from slimta.redisstorage._batch import Coalescer  # noqa: E402
-
-GUARD_SECONDS = 5.0
 
 
 def interrupted() -> Exception:

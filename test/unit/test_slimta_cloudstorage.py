@@ -14,6 +14,7 @@ import pytest
 from gevent.event import Event
 from support import envelopes
 from support.smtp_edge import cooperative_wait
+from support.util import GUARD_SECONDS
 
 from slimta.cloudstorage import CloudStorage, CloudStorageError
 from slimta.envelope import Envelope
@@ -178,13 +179,13 @@ def queue_over_cloud() -> Iterator[tuple[Queue, MemoryObjectStore, PartialRelay]
                   bounce_factory=lambda env, reply: None)
     queue.start()
     yield queue, store, relay
-    queue.kill(block=True, timeout=5)
+    queue.kill(block=True, timeout=GUARD_SECONDS)
 
 
 def test_queue_over_cloud_storage(queue_over_cloud: Any) -> None:
     queue, store, relay = queue_over_cloud
     [(_, id)] = queue.enqueue(make_envelope(rcpts=("a@x", "b@x", "c@x")))
     assert isinstance(id, str)
-    with gevent.Timeout(10):
+    with gevent.Timeout(GUARD_SECONDS):
         cooperative_wait(lambda: id not in store.objects, "the message to be done")
     assert relay.calls == [["a@x", "b@x", "c@x"], ["a@x"]]

@@ -2,9 +2,12 @@ import json
 import os
 import threading
 import time
+from functools import partial
 
 import gevent
 import pytest
+from support import envelopes
+from support.util import GUARD_SECONDS
 
 from slimta.diskstorage import DiskStorage
 from slimta.envelope import Envelope
@@ -19,13 +22,21 @@ RAW = (
 )
 
 
-def make_envelope(rcpts=("a@example.net", "b@example.net", "c@example.net", "d@example.net")):
-    env = Envelope("alice@example.com", list(rcpts))
-    env.parse(RAW)
+parsed_envelope = partial(
+    envelopes.make_envelope,
+    sender="alice@example.com",
+    rcpts=["a@example.net", "b@example.net", "c@example.net", "d@example.net"],
+    data=RAW,
+    client={"ip": "192.0.2.1", "name": "x.example.com", "auth": None},
+    receiver="mx.example.net",
+    timestamp=1700000000.5,
+)
+
+
+def received_envelope() -> Envelope:
+    """The shared envelope with a header added after parsing: the store must keep it."""
+    env = parsed_envelope()
     env.prepend_header("Received", "from x by y; Tue, 1 Dec 2026 10:00:00 +0000")
-    env.client = {"ip": "192.0.2.1", "name": "x.example.com", "auth": None}
-    env.receiver = "mx.example.net"
-    env.timestamp = 1700000000.5
     return env
 
 
@@ -35,7 +46,7 @@ def store(tmp_path):
 
 
 def test_write_get_round_trip_is_byte_for_byte(store, tmp_path):
-    env = make_envelope()
+    env = received_envelope()
     env.tenant = {"id": 7}  # a program's own attribute travels too
     id = store.write(env, 1234.0)
     assert os.path.exists(tmp_path / "env" / (id + ".env"))
@@ -51,7 +62,7 @@ def test_write_get_round_trip_is_byte_for_byte(store, tmp_path):
 
 
 def test_metadata_updates_and_restart(store, tmp_path):
-    id = store.write(make_envelope(), 10.0)
+    id = store.write(received_envelope(), 10.0)
     assert store.increment_attempts(id) == 1
     assert store.increment_attempts(id) == 2
     store.set_timestamp(id, 99.5)
@@ -61,7 +72,7 @@ def test_metadata_updates_and_restart(store, tmp_path):
 
 
 def test_delivered_indexes_are_relative_to_the_last_get(store):
-    id = store.write(make_envelope(), 0.0)
+    id = store.write(received_envelope(), 0.0)
     store.set_recipients_delivered(id, [1])
     env, _ = store.get(id)
     assert env.recipients == ["a@example.net", "c@example.net", "d@example.net"]
@@ -74,7 +85,7 @@ def test_delivered_indexes_are_relative_to_the_last_get(store):
 
 
 def test_remove(store, tmp_path):
-    id = store.write(make_envelope(), 0.0)
+    id = store.write(received_envelope(), 0.0)
     store.remove(id)
     assert os.listdir(tmp_path / "env") == [] and os.listdir(tmp_path / "meta") == []
     with pytest.raises(KeyError):
@@ -101,7 +112,7 @@ def test_a_new_message_is_one_file_fsynced_then_renamed_then_its_directory(
 
     monkeypatch.setattr(os, "fsync", fsync)
     monkeypatch.setattr(os, "replace", replace)
-    id = store.write(make_envelope(), 0.0)
+    id = store.write(received_envelope(), 0.0)
     # Its metadata is the envelope file's first line: one file, one flush.
     assert calls == [("fsync", False), ("replace", "env"), ("fsync", True)]
     assert os.listdir(tmp_path / "meta") == []
@@ -114,22 +125,22 @@ def test_a_new_message_is_one_file_fsynced_then_renamed_then_its_directory(
 
 
 def test_half_written_files_are_never_visible(store, tmp_path):
-    id = store.write(make_envelope(), 5.0)
+    id = store.write(received_envelope(), 5.0)
     # A crash before the rename leaves only a temporary file; an envelope
     # without metadata (as an older release's crash between its two writes
     # left one) is moved aside. Neither is listed.
     (tmp_path / "tmp" / "deadbeef.tmp").write_bytes(b"SLIMTA-ENV")
-    (tmp_path / "env" / "orphan.env").write_bytes(codec.dumps(make_envelope()))
+    (tmp_path / "env" / "orphan.env").write_bytes(codec.dumps(received_envelope()))
     assert list(store.load()) == [(5.0, id)]
     assert (tmp_path / "meta" / "orphan.meta.corrupt").exists()
     assert (tmp_path / "env" / "orphan.env").exists()
 
 
 def test_corrupt_files_are_moved_aside_and_reported(store, tmp_path):
-    good = store.write(make_envelope(), 1.0)
-    bad_meta = store.write(make_envelope(), 2.0)
-    bad_env = store.write(make_envelope(), 3.0)
-    bad_body = store.write(make_envelope(), 4.0)
+    good = store.write(received_envelope(), 1.0)
+    bad_meta = store.write(received_envelope(), 2.0)
+    bad_env = store.write(received_envelope(), 3.0)
+    bad_body = store.write(received_envelope(), 4.0)
     (tmp_path / "meta" / (bad_meta + ".meta")).write_bytes(b"{not json")
     (tmp_path / "env" / (bad_env + ".env")).write_bytes(b"garbage")
     with open(tmp_path / "env" / (bad_body + ".env"), "rb") as f:
@@ -156,7 +167,7 @@ def test_store_failure_is_a_queue_error(tmp_path):
     store = DiskStorage(str(tmp_path / "env"), str(tmp_path / "meta"))
     os.rmdir(tmp_path / "env")
     with pytest.raises(QueueError):
-        store.write(make_envelope(), 0.0)
+        store.write(received_envelope(), 0.0)
 
 
 def test_slow_disk_does_not_block_other_greenlets(store, monkeypatch):
@@ -164,7 +175,7 @@ def test_slow_disk_does_not_block_other_greenlets(store, monkeypatch):
     real_fsync = os.fsync
 
     def slow_fsync(fd):
-        release.wait(5)
+        release.wait(GUARD_SECONDS)
         return real_fsync(fd)
 
     monkeypatch.setattr(os, "fsync", slow_fsync)
@@ -176,14 +187,14 @@ def test_slow_disk_does_not_block_other_greenlets(store, monkeypatch):
             gevent.sleep(0)
         release.set()
 
-    writer = gevent.spawn(store.write, make_envelope(), 0.0)
-    gevent.spawn(ticker).join(5)
+    writer = gevent.spawn(store.write, received_envelope(), 0.0)
+    gevent.spawn(ticker).join(GUARD_SECONDS)
     assert len(ticks) == 3  # the hub kept running while fsync was held up
-    assert writer.get(timeout=5)
+    assert writer.get(timeout=GUARD_SECONDS)
 
 
 def test_codec_rejects_unknown_versions_and_garbage():
-    data = codec.dumps(make_envelope())
+    data = codec.dumps(received_envelope())
     assert data.startswith(b"SLIMTA-ENVELOPE 1\r\n")
     with pytest.raises(codec.CodecError):
         codec.loads(data.replace(b"SLIMTA-ENVELOPE 1", b"SLIMTA-ENVELOPE 9", 1))
@@ -199,7 +210,7 @@ def test_codec_edge_envelopes():
     assert got.headers is None and got.message == env.message and got.sender == ""
     empty = codec.loads(codec.dumps(Envelope("s@x", ["r@x"])))
     assert empty.message is None and empty.recipients == ["r@x"]
-    odd = make_envelope()
+    odd = received_envelope()
     odd.client = {"ip": ("192.0.2.1", 25)}  # not JSON: pickled instead
     assert codec.loads(codec.dumps(odd)).client == {"ip": ("192.0.2.1", 25)}
 
@@ -216,14 +227,14 @@ def test_concurrent_writers_share_directory_flushes(monkeypatch, tmp_path):
         calls.append(path)
         if len(calls) == 1:
             first_started.set()
-            assert others_waiting.wait(10)
+            assert others_waiting.wait(GUARD_SECONDS)
         real(path)
 
     monkeypatch.setattr(_fsync, "fsync_dir", fsync_dir)
     syncer = _fsync.DirectorySync(str(tmp_path))
     threads = [threading.Thread(target=syncer.sync)]
     threads[0].start()
-    assert first_started.wait(10)
+    assert first_started.wait(GUARD_SECONDS)
     # Five more writers arrive while the first flush runs: they must wait for
     # a flush that starts after their call, and share it.
     for _ in range(5):
@@ -235,12 +246,12 @@ def test_concurrent_writers_share_directory_flushes(monkeypatch, tmp_path):
         time.sleep(0.001)
     others_waiting.set()
     for thread in threads:
-        thread.join(10)
+        thread.join(GUARD_SECONDS)
     assert syncer.flushes == 2 and len(calls) == 2
 
 
 def test_remove_flushes_only_the_envelope_directory(store, monkeypatch, tmp_path):
-    id = store.write(make_envelope(), 0.0)
+    id = store.write(received_envelope(), 0.0)
     store.increment_attempts(id)  # so that there is a .meta file to delete too
     synced = []
     for path, syncer in store._dir_syncs.items():
@@ -278,22 +289,22 @@ def test_concurrent_writes_take_one_file_flush_each_and_share_the_directory_flus
 
     monkeypatch.setattr(os, "fsync", fsync)
     monkeypatch.setattr(_fsync, "fsync_dir", fsync_dir)
-    jobs = [gevent.spawn(store.write, make_envelope(), float(i)) for i in range(writers)]
-    gevent.joinall(jobs, timeout=10, raise_error=True)
+    jobs = [gevent.spawn(store.write, received_envelope(), float(i)) for i in range(writers)]
+    gevent.joinall(jobs, timeout=GUARD_SECONDS, raise_error=True)
     assert len(file_flushes) == writers
     assert len(dir_flushes) == 2 and syncer.flushes == 2
     assert sorted(store.load()) == sorted((float(i), job.value) for i, job in enumerate(jobs))
     # Removals need no file flush, and share the directory's too.
     file_flushes.clear()
     removals = [gevent.spawn(store.remove, job.value) for job in jobs]
-    gevent.joinall(removals, timeout=10, raise_error=True)
+    gevent.joinall(removals, timeout=GUARD_SECONDS, raise_error=True)
     assert file_flushes == [] and syncer.flushes <= 2 + writers
     assert list(store.load()) == [] and store.get_info() == {"size": 0}
 
 
 def test_disk_work_runs_on_the_stores_own_threads(tmp_path):
     store = DiskStorage(str(tmp_path / "env"), str(tmp_path / "meta"), threads=3)
-    store.write(make_envelope(), 0.0)
+    store.write(received_envelope(), 0.0)
     assert store.threads == 3 and store._pool is not None and store._pool.maxsize == 3
     assert store._pool is not gevent.get_hub().threadpool
 
@@ -301,13 +312,13 @@ def test_disk_work_runs_on_the_stores_own_threads(tmp_path):
 def test_one_directory_for_everything(tmp_path):
     spool = str(tmp_path / "spool")
     store = DiskStorage(spool, spool)
-    id = store.write(make_envelope(), 3.0)
-    other = store.write(make_envelope(), 4.0)
+    id = store.write(received_envelope(), 3.0)
+    other = store.write(received_envelope(), 4.0)
     assert store.increment_attempts(id) == 1
     store.set_recipients_delivered(id, [0])
     again = DiskStorage(spool, spool)
     assert sorted(again.load()) == [(3.0, id), (4.0, other)]
     env, attempts = again.get(id)
-    assert attempts == 1 and env.recipients == make_envelope().recipients[1:]
+    assert attempts == 1 and env.recipients == received_envelope().recipients[1:]
     again.remove(id)
     assert os.listdir(spool) == [other + ".env"] and again.get_info() == {"size": 1}

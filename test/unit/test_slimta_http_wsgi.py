@@ -8,6 +8,7 @@ from typing import Any
 
 import gevent
 import pytest
+from support.util import GUARD_SECONDS
 
 from slimta.http import HTTPConnection
 from slimta.http.wsgi import WsgiServer
@@ -24,9 +25,9 @@ def test_build_server_serves_and_logs(caplog: pytest.LogCaptureFixture) -> None:
     server.start()
     try:
         caplog.set_level(logging.DEBUG, logger="slimta.http.wsgi")
-        conn = HTTPConnection("127.0.0.1", server.server_port, timeout=10)
+        conn = HTTPConnection("127.0.0.1", server.server_port, timeout=GUARD_SECONDS)
         try:
-            with gevent.Timeout(10):
+            with gevent.Timeout(GUARD_SECONDS):
                 conn.request("GET", "/there")
                 response = conn.getresponse()
                 assert (response.status, response.read()) == (200, b"hello /there")

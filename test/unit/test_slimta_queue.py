@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator
+from functools import partial
 from typing import Any
 
 import gevent
@@ -16,30 +17,31 @@ import pytest
 from gevent.event import Event
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support import envelopes
+from support.util import GUARD_SECONDS
 
 from slimta.bounce import Bounce
 from slimta.envelope import Envelope
 from slimta.policy import QueuePolicy
 from slimta.policy.split import RecipientSplit
 from slimta.queue import Queue, QueueError, QueueStorage
-from slimta.queue._outcome import (
+from slimta.queue.dict import DictStorage
+from slimta.queue.outcome import (
     GIVE_UP_AFTER_SECONDS,
     classify,
     default_backoff,
     group_by_reply,
 )
-from slimta.queue.dict import DictStorage
 from slimta.relay import PermanentRelayError, Relay, TransientRelayError
 from slimta.smtp.reply import Reply
 
-GUARD_SECONDS = 5.0
-
-
-def make_env(*rcpts: str, sender: str = "sender@src.test") -> Envelope:
-    env = Envelope(sender, list(rcpts) or ["rcpt@dst.test"])
-    env.parse(b"From: sender@src.test\r\nSubject: queued\r\n\r\nbody\r\n")
-    env.timestamp = 1_700_000_000.0
-    return env
+make_envelope = partial(
+    envelopes.make_envelope,
+    sender="sender@src.test",
+    rcpts=["rcpt@dst.test"],
+    data=b"From: sender@src.test\r\nSubject: queued\r\n\r\nbody\r\n",
+    timestamp=1_700_000_000.0,
+)
 
 
 Step = Any  # a value to return, an exception to raise, or a callable(envelope)
@@ -182,7 +184,7 @@ def test_enqueue_returns_after_the_store_holds_the_message(make_queue, store) ->
     release = Event()
     relay = ScriptedRelay(lambda env: release.wait(GUARD_SECONDS) and None)
     queue = make_queue(relay)
-    env = make_env()
+    env = make_envelope()
     [(got, id)] = queue.enqueue(env)
     assert got is env and isinstance(id, str)
     assert store.get(id) == (env, 0)
@@ -196,14 +198,14 @@ def test_enqueue_returns_after_the_store_holds_the_message(make_queue, store) ->
 
 def test_enqueue_without_relay_only_stores(make_queue, store) -> None:
     queue = make_queue(None)
-    [(_, id)] = queue.enqueue(make_env())
+    [(_, id)] = queue.enqueue(make_envelope())
     assert isinstance(id, str) and store.get(id)[1] == 0
     assert not queue.active_ids
 
 
 def test_enqueue_sets_a_missing_timestamp(make_queue) -> None:
     queue = make_queue(None)
-    env = make_env()
+    env = make_envelope()
     env.timestamp = None
     queue._time = lambda: 1234.0
     queue.enqueue(env)
@@ -214,7 +216,7 @@ def test_policies_split_and_each_part_is_stored_and_attempted(make_queue, store)
     relay = ScriptedRelay(None, None, None)
     queue = make_queue(relay)
     queue.add_policy(RecipientSplit())
-    results = queue.enqueue(make_env("a@x.test", "b@y.test", "c@z.test"))
+    results = queue.enqueue(make_envelope(rcpts=["a@x.test", "b@y.test", "c@z.test"]))
     assert [env.recipients for env, _ in results] == [["a@x.test"], ["b@y.test"], ["c@z.test"]]
     assert all(isinstance(id, str) for _, id in results)
     relay.wait_calls(3)
@@ -237,7 +239,7 @@ class Exploding(QueuePolicy):
 def test_a_failing_policy_is_a_queue_error_and_nothing_is_stored(make_queue, store, caplog):
     queue = make_queue(ScriptedRelay())
     queue.add_policy(Exploding())
-    env = make_env()
+    env = make_envelope()
     with caplog.at_level(logging.ERROR, logger="slimta.queue"):
         [(got, error)] = queue.enqueue(env)
     assert got is env and isinstance(error, QueueError)
@@ -250,18 +252,18 @@ def test_a_failing_policy_is_a_queue_error_and_nothing_is_stored(make_queue, sto
 def test_a_failing_store_write_is_a_queue_error(make_queue, store) -> None:
     store.fail["write"] = OSError("disk full")
     queue = make_queue(ScriptedRelay())
-    [(_, error)] = queue.enqueue(make_env())
+    [(_, error)] = queue.enqueue(make_envelope())
     assert isinstance(error, QueueError) and error.reply is not None
     assert error.reply.code == "451"
     own = QueueError("no room", reply=Reply("452", "4.3.1 Insufficient storage"))
     store.fail["write"] = own
-    [(_, error)] = queue.enqueue(make_env())
+    [(_, error)] = queue.enqueue(make_envelope())
     assert error is own
 
 
 def test_an_envelope_without_recipients_is_refused(make_queue, store) -> None:
     queue = make_queue(ScriptedRelay())
-    env = make_env()
+    env = make_envelope()
     env.recipients = []
     [(_, error)] = queue.enqueue(env)
     assert isinstance(error, QueueError) and error.reply is not None
@@ -282,7 +284,7 @@ def test_per_recipient_mapping_records_delivered_first_then_bounces_then_retries
     }
     relay = ScriptedRelay(first, None)
     queue = make_queue(relay)
-    [(_, id)] = queue.enqueue(make_env("ok@x.test", "bad@x.test", "later@x.test"))
+    [(_, id)] = queue.enqueue(make_envelope(rcpts=["ok@x.test", "bad@x.test", "later@x.test"]))
     relay.wait_calls(2)
     settle(queue)
     assert relay.calls == [(["ok@x.test", "bad@x.test", "later@x.test"], 0), (["later@x.test"], 1)]
@@ -305,7 +307,7 @@ def test_per_recipient_sequence_in_recipient_order(make_queue, store, bounces) -
     perm = PermanentRelayError("no", Reply("550", "5.1.1 Unknown"))
     relay = ScriptedRelay([None, perm, Reply("250", "2.0.0 Ok")])
     queue = make_queue(relay)
-    queue.enqueue(make_env("a@x.test", "b@x.test", "c@x.test"))
+    queue.enqueue(make_envelope(rcpts=["a@x.test", "b@x.test", "c@x.test"]))
     relay.wait_calls(1)
     settle(queue)
     assert bounced_rcpts(bounces) == [["b@x.test"]]
@@ -315,7 +317,7 @@ def test_per_recipient_sequence_in_recipient_order(make_queue, store, bounces) -
 def test_all_delivered_in_a_mapping_is_one_remove(make_queue, store, events) -> None:
     relay = ScriptedRelay({"a@x.test": None, "b@x.test": Reply("250", "2.0.0 Ok")})
     queue = make_queue(relay)
-    [(_, id)] = queue.enqueue(make_env("a@x.test", "b@x.test"))
+    [(_, id)] = queue.enqueue(make_envelope(rcpts=["a@x.test", "b@x.test"]))
     relay.wait_calls(1)
     settle(queue)
     assert events == [("write", id), ("remove", id)]
@@ -324,7 +326,7 @@ def test_all_delivered_in_a_mapping_is_one_remove(make_queue, store, events) -> 
 def test_a_recipient_missing_from_the_result_is_retried_not_dropped(make_queue, store) -> None:
     relay = ScriptedRelay({"a@x.test": None}, None)
     queue = make_queue(relay)
-    queue.enqueue(make_env("a@x.test", "b@x.test"))
+    queue.enqueue(make_envelope(rcpts=["a@x.test", "b@x.test"]))
     relay.wait_calls(2)
     settle(queue)
     assert relay.calls[1] == (["b@x.test"], 1)
@@ -336,7 +338,7 @@ def test_failures_with_different_replies_get_one_bounce_each(make_queue, bounces
     r3 = PermanentRelayError("c", Reply("550", "5.1.1 Unknown user"))
     relay = ScriptedRelay({"a@x.test": r1, "b@x.test": r2, "c@x.test": r3})
     queue = make_queue(relay)
-    queue.enqueue(make_env("a@x.test", "b@x.test", "c@x.test"))
+    queue.enqueue(make_envelope(rcpts=["a@x.test", "b@x.test", "c@x.test"]))
     relay.wait_calls(1)
     settle(queue)
     assert bounced_rcpts(bounces) == [["a@x.test", "c@x.test"], ["b@x.test"]]
@@ -345,7 +347,7 @@ def test_failures_with_different_replies_get_one_bounce_each(make_queue, bounces
 def test_permanent_failure_records_bounces_and_removes(make_queue, store, bounces, events):
     relay = ScriptedRelay(PermanentRelayError("refused", Reply("554", "5.7.1 Refused")))
     queue = make_queue(relay)
-    [(_, id)] = queue.enqueue(make_env("a@x.test", "b@x.test"))
+    [(_, id)] = queue.enqueue(make_envelope(rcpts=["a@x.test", "b@x.test"]))
     relay.wait_calls(1)
     settle(queue)
     # Bounced before anything is recorded: a crash can repeat a bounce, never lose one.
@@ -360,7 +362,7 @@ def test_permanent_failure_records_bounces_and_removes(make_queue, store, bounce
 def test_null_sender_is_never_bounced(make_queue, store, bounces) -> None:
     relay = ScriptedRelay(PermanentRelayError("refused"))
     queue = make_queue(relay)
-    queue.enqueue(make_env(sender=""))
+    queue.enqueue(make_envelope(sender=""))
     relay.wait_calls(1)
     settle(queue)
     assert bounces.bounces == [] and store.get_info()["size"] == 0
@@ -370,7 +372,7 @@ def test_transient_failures_are_retried_until_delivered(make_queue, store) -> No
     busy = TransientRelayError("busy", Reply("450", "4.2.1 Busy"))
     relay = ScriptedRelay(busy, busy, None)
     queue = make_queue(relay)
-    queue.enqueue(make_env())
+    queue.enqueue(make_envelope())
     relay.wait_calls(3)
     settle(queue)
     assert [attempts for _, attempts in relay.calls] == [0, 1, 2]
@@ -381,7 +383,7 @@ def test_too_many_retries_bounces_with_the_last_reply(make_queue, store, bounces
     busy = TransientRelayError("busy", Reply("450", "4.2.1 Busy"))
     relay = ScriptedRelay(busy, busy)
     queue = make_queue(relay, backoff=lambda env, attempts: 0 if attempts < 2 else None)
-    queue.enqueue(make_env())
+    queue.enqueue(make_envelope())
     relay.wait_calls(2)
     settle(queue)
     assert store.get_info()["size"] == 0
@@ -397,7 +399,7 @@ def test_default_backoff_schedules_a_later_attempt_and_flush_runs_it(store) -> N
     queue.start()
     try:
         queue._time = lambda: 1_700_000_100.0
-        [(_, id)] = queue.enqueue(make_env())
+        [(_, id)] = queue.enqueue(make_envelope())
         relay.wait_calls(1)
         settle(queue)
         assert queue.queued == [(1_700_000_400.0, id)]
@@ -414,7 +416,7 @@ def test_unexpected_relay_exception_is_logged_and_retried(make_queue, store, cap
     relay = ScriptedRelay(ZeroDivisionError("relay bug"), None)
     queue = make_queue(relay)
     with caplog.at_level(logging.ERROR, logger="slimta.queue"):
-        queue.enqueue(make_env())
+        queue.enqueue(make_envelope())
         relay.wait_calls(2)
         settle(queue)
     assert "relay bug" in caplog.text
@@ -428,7 +430,7 @@ def test_backoff_that_raises_falls_back_to_the_default(make_queue, store) -> Non
     relay = ScriptedRelay(TransientRelayError("busy"))
     queue = make_queue(relay, backoff=broken)
     queue._time = lambda: 1_700_000_010.0
-    [(_, id)] = queue.enqueue(make_env())
+    [(_, id)] = queue.enqueue(make_envelope())
     relay.wait_calls(1)
     settle(queue)
     assert store.meta_db[id]["attempts"] == 1 and queue.queued_ids == {id}
@@ -440,7 +442,7 @@ def test_store_failure_recording_delivery_keeps_the_message_and_retries_nothing(
     store.fail["set_recipients_delivered"] = OSError("store down")
     relay = ScriptedRelay({"a@x.test": None, "b@x.test": TransientRelayError("busy")})
     queue = make_queue(relay)
-    [(_, id)] = queue.enqueue(make_env("a@x.test", "b@x.test"))
+    [(_, id)] = queue.enqueue(make_envelope(rcpts=["a@x.test", "b@x.test"]))
     relay.wait_calls(1)
     settle(queue)
     # Not lost, not attempted again in this process, no bounce yet: the record is retried.
@@ -454,7 +456,7 @@ def test_store_failure_on_remove_is_logged(make_queue, store, caplog) -> None:
     relay = ScriptedRelay(None)
     queue = make_queue(relay)
     with caplog.at_level(logging.ERROR, logger="slimta.queue"):
-        queue.enqueue(make_env())
+        queue.enqueue(make_envelope())
         relay.wait_calls(1)
         settle(queue)
     assert "store down" in caplog.text and not queue.dead
@@ -468,7 +470,7 @@ def test_store_failure_on_remove_is_logged(make_queue, store, caplog) -> None:
 def test_bounce_factory_may_decline_or_fail(make_queue, store, bounces) -> None:
     relay = ScriptedRelay(PermanentRelayError("no"), PermanentRelayError("no"))
     queue = make_queue(relay, bounce_factory=lambda env, reply: None)
-    queue.enqueue(make_env())
+    queue.enqueue(make_envelope())
     relay.wait_calls(1)
     settle(queue)
 
@@ -476,7 +478,7 @@ def test_bounce_factory_may_decline_or_fail(make_queue, store, bounces) -> None:
         raise RuntimeError("factory bug")
 
     queue.bounce_factory = broken
-    queue.enqueue(make_env())
+    queue.enqueue(make_envelope())
     relay.wait_calls(2)
     settle(queue)
     assert bounces.bounces == [] and store.get_info()["size"] == 0
@@ -487,7 +489,7 @@ def test_bounces_go_through_the_same_queue_by_default(store) -> None:
     queue = Queue(store, relay, backoff=lambda env, attempts: 0)
     queue.start()
     try:
-        queue.enqueue(make_env("gone@x.test"))
+        queue.enqueue(make_envelope(rcpts=["gone@x.test"]))
         relay.wait_calls(2)
         settle(queue)
         assert relay.calls[1] == (["sender@src.test"], 0)
@@ -500,7 +502,7 @@ def test_bounded_relay_pool_never_blocks_enqueue(make_queue, store) -> None:
     relay = ScriptedRelay(*[lambda env: release.wait(GUARD_SECONDS) and None] * 3)
     queue = make_queue(relay, relay_pool=1)
     with gevent.Timeout(GUARD_SECONDS):
-        ids = [queue.enqueue(make_env())[0][1] for _ in range(3)]
+        ids = [queue.enqueue(make_envelope())[0][1] for _ in range(3)]
     assert all(isinstance(id, str) for id in ids)
     relay.wait_calls(1)
     release.set()
@@ -513,7 +515,7 @@ def test_store_pool_runs_store_calls(make_queue, store) -> None:
     relay = ScriptedRelay(None)
     queue = make_queue(relay, store_pool=2)
     assert queue.store_pool is not None and queue.store_pool.size == 2
-    queue.enqueue(make_env())
+    queue.enqueue(make_envelope())
     relay.wait_calls(1)
     settle(queue)
     assert store.get_info()["size"] == 0
@@ -523,7 +525,7 @@ def test_store_pool_runs_store_calls(make_queue, store) -> None:
 
 
 def test_start_loads_what_the_store_already_holds(store) -> None:
-    ids = [store.write(make_env(f"r{i}@x.test"), 0.0) for i in range(3)]
+    ids = [store.write(make_envelope(rcpts=[f"r{i}@x.test"]), 0.0) for i in range(3)]
     relay = ScriptedRelay(None, None, None)
     queue = Queue(store, relay)
     queue.start()
@@ -537,7 +539,7 @@ def test_start_loads_what_the_store_already_holds(store) -> None:
 
 
 def test_a_message_without_recipients_left_is_removed(store) -> None:
-    id = store.write(make_env("a@x.test"), 0.0)
+    id = store.write(make_envelope(rcpts=["a@x.test"]), 0.0)
     store.set_recipients_delivered(id, [0])
     relay = ScriptedRelay()
     queue = Queue(store, relay)
@@ -568,7 +570,7 @@ def test_wait_feed_from_another_process_is_attempted() -> None:
     queue = Queue(store, relay)
     queue.start()
     try:
-        id = store.write(make_env(), 0.0)
+        id = store.write(make_envelope(), 0.0)
         gevent.idle()
         store.feed.put((0.0, id))
         relay.wait_calls(1)
@@ -583,7 +585,7 @@ def test_graceful_stop_lets_the_attempt_in_flight_finish(store) -> None:
     relay = ScriptedRelay(lambda env: release.wait(GUARD_SECONDS) and None)
     queue = Queue(store, relay)
     queue.start()
-    [(_, id)] = queue.enqueue(make_env())
+    [(_, id)] = queue.enqueue(make_envelope())
     relay.wait_calls(1)
     stopper = gevent.spawn(queue.stop, GUARD_SECONDS)
     gevent.idle()
@@ -592,7 +594,7 @@ def test_graceful_stop_lets_the_attempt_in_flight_finish(store) -> None:
     assert stopper.get(timeout=GUARD_SECONDS) is True
     assert id not in store.env_db and queue.dead
     # After a stop, new messages are still stored, but not attempted.
-    [(_, later)] = queue.enqueue(make_env())
+    [(_, later)] = queue.enqueue(make_envelope())
     assert later in store.env_db and len(relay.calls) == 1
 
 
@@ -601,7 +603,7 @@ def test_kill_leaves_the_message_in_flight_for_the_next_load(store) -> None:
     relay = ScriptedRelay(lambda env: blocker.wait())
     queue = Queue(store, relay)
     queue.start()
-    [(_, id)] = queue.enqueue(make_env())
+    [(_, id)] = queue.enqueue(make_envelope())
     relay.wait_calls(1)
     queue.kill()
     assert queue.dead and len(queue._attempts) == 0
@@ -622,7 +624,7 @@ def test_stop_with_timeout_kills_what_is_left(store) -> None:
     relay = ScriptedRelay(lambda env: blocker.wait())
     queue = Queue(store, relay)
     queue.start()
-    [(_, id)] = queue.enqueue(make_env())
+    [(_, id)] = queue.enqueue(make_envelope())
     relay.wait_calls(1)
     assert queue.stop(timeout=0.01) is False
     assert len(queue._attempts) == 0 and id in store.env_db
@@ -632,7 +634,7 @@ def test_stop_with_timeout_kills_what_is_left(store) -> None:
 
 
 def test_default_backoff_grows_and_gives_up_after_five_days() -> None:
-    env = make_env()
+    env = make_envelope()
     start = env.timestamp or 0.0
     assert default_backoff(env, 1, now=start) == 300.0
     assert default_backoff(env, 2, now=start) == 600.0
@@ -641,7 +643,7 @@ def test_default_backoff_grows_and_gives_up_after_five_days() -> None:
     env.timestamp = None
     assert default_backoff(env, 5) == 4800.0
     assert default_backoff(env, 1000) is None
-    assert Queue._default_backoff(make_env(), 1) is None  # arrived in 2023: expired
+    assert Queue._default_backoff(make_envelope(), 1) is None  # arrived in 2023: expired
 
 
 def test_classify_and_grouping() -> None:
@@ -663,7 +665,7 @@ def test_classify_and_grouping() -> None:
 
 def test_queue_storage_is_an_interface() -> None:
     base = QueueStorage()
-    env = make_env()
+    env = make_envelope()
     for call in (
         lambda: base.write(env, 0.0),
         lambda: base.set_timestamp("x", 0.0),
@@ -703,7 +705,7 @@ def test_a_store_that_cannot_load_is_logged_and_the_queue_keeps_working(caplog) 
         gevent.idle()
     try:
         assert "cannot list the spool" in caplog.text and not queue.dead
-        queue.enqueue(make_env())
+        queue.enqueue(make_envelope())
         relay.wait_calls(1)
         settle(queue)
         assert store.get_info()["size"] == 0
@@ -716,7 +718,7 @@ def test_a_failed_load_is_tried_again_so_stored_messages_are_not_stranded(
 ) -> None:
     monkeypatch.setattr("slimta.queue.STORE_RETRY_SECONDS", 0.01)
     store = BrokenLoadStore(failures=2)
-    id = store.write(make_env(), 0.0)
+    id = store.write(make_envelope(), 0.0)
     relay = ScriptedRelay(None)
     queue = Queue(store, relay)
     with caplog.at_level(logging.ERROR, logger="slimta.queue"):
@@ -733,7 +735,7 @@ def test_a_failed_load_is_tried_again_so_stored_messages_are_not_stranded(
 
 
 def test_a_store_get_failure_is_retried_later_not_dropped(store, caplog) -> None:
-    id = store.write(make_env(), 0.0)
+    id = store.write(make_envelope(), 0.0)
     store.get = lambda id: (_ for _ in ()).throw(OSError("read error"))  # type: ignore[method-assign]
     relay = ScriptedRelay()
     queue = Queue(store, relay)
@@ -797,7 +799,7 @@ def test_every_recipient_is_delivered_once_or_bounced_once(
     )
     queue.start()
     try:
-        queue.enqueue(make_env(*rcpts))
+        queue.enqueue(make_envelope(rcpts=rcpts))
         with gevent.Timeout(GUARD_SECONDS):
             while store.get_info()["size"] or queue.active_ids or len(queue._attempts):
                 gevent.idle()
@@ -809,7 +811,7 @@ def test_every_recipient_is_delivered_once_or_bounced_once(
 
 
 def test_all_delivered_agrees_with_classify() -> None:
-    from slimta.queue._outcome import all_delivered
+    from slimta.queue.outcome import all_delivered
 
     ok, soft, hard = Reply("250", "2.0.0 Ok"), Reply("450", "4.0.0 Later"), Reply("550", "5.0.0 No")
     rcpts = ["a@x.test", "b@x.test"]

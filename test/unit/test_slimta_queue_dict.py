@@ -5,31 +5,35 @@ from __future__ import annotations
 import logging
 import shelve
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
 import gevent
 import pytest
+from support import envelopes
+from support.util import GUARD_SECONDS
 
 from slimta.envelope import Envelope
 from slimta.queue import Queue, QueueStorage
 from slimta.queue.dict import DictStorage
 from slimta.relay import Relay, TransientRelayError
 
-GUARD_SECONDS = 5.0
 RAW = b"From: a@x.test\r\nSubject:  two  spaces\r\nX-Folded: one\r\n\ttwo\r\n\r\nbody\r\n"
 
 
-def make_env(*rcpts: str) -> Envelope:
-    env = Envelope("a@x.test", list(rcpts) or ["b@y.test"])
-    env.parse(RAW)
-    env.timestamp = 1_700_000_000.0
-    return env
+make_envelope = partial(
+    envelopes.make_envelope,
+    sender="a@x.test",
+    rcpts=["b@y.test"],
+    data=RAW,
+    timestamp=1_700_000_000.0,
+)
 
 
 def test_dict_round_trip_and_metadata(caplog: pytest.LogCaptureFixture) -> None:
     store = DictStorage()
     assert isinstance(store, QueueStorage)
-    env = make_env("b@y.test", "c@y.test", "d@y.test")
+    env = make_envelope(rcpts=["b@y.test", "c@y.test", "d@y.test"])
     with caplog.at_level(logging.DEBUG, logger="slimta.queue.dict"):
         id = store.write(env, 100.0)
         assert store.get(id) == (env, 0)
@@ -58,7 +62,7 @@ def test_given_dicts_are_used_and_ids_are_unique() -> None:
     env_db: dict[str, Envelope] = {}
     meta_db: dict[str, dict[str, float]] = {}
     store = DictStorage(env_db, meta_db)
-    ids = {store.write(make_env(), 0.0) for _ in range(50)}
+    ids = {store.write(make_envelope(), 0.0) for _ in range(50)}
     assert len(ids) == 50 and set(env_db) == ids and set(meta_db) == ids
 
 
@@ -78,7 +82,7 @@ def test_shelve_keeps_bytes_and_delivered_recipients_across_reopen(
     env_path, meta_path = shelves
     with shelve.open(env_path) as env_db, shelve.open(meta_path) as meta_db:
         store = DictStorage(env_db, meta_db)
-        id = store.write(make_env("b@y.test", "c@y.test", "d@y.test"), 5.0)
+        id = store.write(make_envelope(rcpts=["b@y.test", "c@y.test", "d@y.test"]), 5.0)
         store.set_recipients_delivered(id, [1])
         store.increment_attempts(id)
     with shelve.open(env_path) as env_db, shelve.open(meta_path) as meta_db:
@@ -115,7 +119,7 @@ def test_shelve_partial_delivery_is_never_delivered_again_after_restart(
     env_path, meta_path = shelves
     with shelve.open(env_path) as env_db, shelve.open(meta_path) as meta_db:
         queue = Queue(DictStorage(env_db, meta_db), PartialThenCrash(), backoff=lambda e, a: 3600)
-        queue.enqueue(make_env("b@y.test", "c@y.test"))
+        queue.enqueue(make_envelope(rcpts=["b@y.test", "c@y.test"]))
         assert queue._attempts.join(timeout=GUARD_SECONDS)
         queue.kill()
     recorder = Recorder()

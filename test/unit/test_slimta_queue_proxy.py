@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+from functools import partial
 from typing import Any
 
 import pytest
+from support import envelopes
 
 from slimta.envelope import Envelope
 from slimta.queue.proxy import ProxyQueue
@@ -26,16 +28,18 @@ class OneShot(Relay):
         return self.result
 
 
-def make_env(*rcpts: str) -> Envelope:
-    env = Envelope("s@x.test", list(rcpts) or ["r@y.test"])
-    env.parse(b"Subject: proxied\r\n\r\nbody\r\n")
-    return env
+make_envelope = partial(
+    envelopes.make_envelope,
+    sender="s@x.test",
+    rcpts=["r@y.test"],
+    data=b"Subject: proxied\r\n\r\nbody\r\n",
+)
 
 
 def test_delivered_message_gets_an_id() -> None:
     relay = OneShot(Reply("250", "2.0.0 Ok"))
     queue = ProxyQueue(relay)
-    env = make_env()
+    env = make_envelope()
     [(got, id)] = queue.enqueue(env)
     assert got is env and isinstance(id, str) and len(id) == 32
     assert relay.calls == [(["r@y.test"], 0)]
@@ -43,13 +47,13 @@ def test_delivered_message_gets_an_id() -> None:
 
 @pytest.mark.parametrize("error", [PermanentRelayError("no"), TransientRelayError("later")])
 def test_relay_errors_are_returned(error: Exception) -> None:
-    env = make_env()
+    env = make_envelope()
     assert ProxyQueue(OneShot(error)).enqueue(env) == [(env, error)]
 
 
 def test_unexpected_exception_is_a_transient_error(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.ERROR, logger="slimta.queue.proxy"):
-        [(_, error)] = ProxyQueue(OneShot(KeyError("bug"))).enqueue(make_env())
+        [(_, error)] = ProxyQueue(OneShot(KeyError("bug"))).enqueue(make_envelope())
     assert isinstance(error, TransientRelayError)
     assert error.reply.code == "450" and "Unhandled delivery error" in str(error.reply)
     assert "bug" in caplog.text
@@ -59,10 +63,12 @@ def test_per_recipient_results() -> None:
     perm = PermanentRelayError("no", Reply("550", "5.1.1 Unknown"))
     temp = TransientRelayError("later", Reply("451", "4.3.0 Later"))
     [(_, error)] = ProxyQueue(OneShot({"a@y.test": perm, "b@y.test": temp})).enqueue(
-        make_env("a@y.test", "b@y.test")
+        make_envelope(rcpts=["a@y.test", "b@y.test"])
     )
     assert isinstance(error, TransientRelayError) and error.reply.code == "451"
-    [(_, error)] = ProxyQueue(OneShot([perm, perm])).enqueue(make_env("a@y.test", "b@y.test"))
+    [(_, error)] = ProxyQueue(OneShot([perm, perm])).enqueue(
+        make_envelope(rcpts=["a@y.test", "b@y.test"])
+    )
     assert isinstance(error, PermanentRelayError) and error.reply.code == "550"
 
 
@@ -72,7 +78,7 @@ def test_partial_delivery_is_accepted_and_the_rest_logged(
     perm = PermanentRelayError("no", Reply("550", "5.1.1 Unknown"))
     with caplog.at_level(logging.WARNING, logger="slimta.queue.proxy"):
         [(_, id)] = ProxyQueue(OneShot({"a@y.test": None, "b@y.test": perm})).enqueue(
-            make_env("a@y.test", "b@y.test")
+            make_envelope(rcpts=["a@y.test", "b@y.test"])
         )
     assert isinstance(id, str)
     assert "b@y.test" in caplog.text and "5.1.1 Unknown" in caplog.text

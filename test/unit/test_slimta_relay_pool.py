@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import gevent
 import pytest
 from gevent.event import AsyncResult, Event
+from support import envelopes
+from support.util import GUARD_SECONDS
 
-from slimta.envelope import Envelope
 from slimta.relay import PermanentRelayError, TransientRelayError
 from slimta.relay.pool import RelayPool, RelayPoolClient
 from slimta.smtp.reply import Reply
 from slimta.util.deque import BlockingDeque
-
-GUARD_SECONDS = 5.0
 
 
 class EchoClient(RelayPoolClient):
@@ -44,8 +44,7 @@ class Pool(RelayPool):
         return client
 
 
-def env(rcpt: str) -> Envelope:
-    return Envelope("s@x.test", [rcpt])
+make_envelope = partial(envelopes.make_envelope, sender="s@x.test")
 
 
 def test_add_client_is_abstract() -> None:
@@ -59,10 +58,10 @@ def test_results_and_errors_reach_the_caller() -> None:
     pool = Pool(lambda: EchoClient(None, idle_timeout=10))
     try:
         with gevent.Timeout(GUARD_SECONDS):
-            assert str(pool.attempt(env("a"), 0)) == "250 2.0.0 a"
+            assert str(pool.attempt(make_envelope(rcpts=["a"]), 0)) == "250 2.0.0 a"
             with pytest.raises(PermanentRelayError):
-                pool.attempt(env("fail"), 0)
-            assert str(pool.attempt(env("b"), 0)) == "250 2.0.0 b"
+                pool.attempt(make_envelope(rcpts=["fail"]), 0)
+            assert str(pool.attempt(make_envelope(rcpts=["b"]), 0)) == "250 2.0.0 b"
     finally:
         pool.kill()
     assert len(pool.started) == 1  # the idle client was reused
@@ -80,7 +79,7 @@ def test_pool_size_is_a_bound() -> None:
     pool = Pool(lambda: Slow(None, idle_timeout=10), pool_size=3)
     try:
         with gevent.Timeout(GUARD_SECONDS):
-            jobs = [gevent.spawn(pool.attempt, env(str(n)), 0) for n in range(10)]
+            jobs = [gevent.spawn(pool.attempt, make_envelope(rcpts=[str(n)]), 0) for n in range(10)]
             gevent.idle()
             assert len(pool.pool) == 3
             gate.set()
@@ -103,9 +102,9 @@ def test_burst_starts_clients_beyond_one_idle() -> None:
     pool.factory = lambda: Blocking(None, idle_timeout=10)
     try:
         with gevent.Timeout(GUARD_SECONDS):
-            jobs = [gevent.spawn(pool.attempt, env(str(n)), 0) for n in range(4)]
+            jobs = [gevent.spawn(pool.attempt, make_envelope(rcpts=[str(n)]), 0) for n in range(4)]
             gevent.idle()
-            assert len(pool.pool) == 4  # D-x14: one client per waiting request
+            assert len(pool.pool) == 4  # a new client for each request no idle one can take
             gate.set()
             gevent.joinall(jobs, raise_error=True)
     finally:
@@ -130,7 +129,7 @@ def test_client_crash_fails_its_request() -> None:
     try:
         with gevent.Timeout(GUARD_SECONDS):
             with pytest.raises(TransientRelayError) as info:
-                pool.attempt(env("a"), 0)
+                pool.attempt(make_envelope(rcpts=["a"]), 0)
     finally:
         pool.kill()
     assert str(info.value.reply) == "451 4.3.0 Relay client exited unexpectedly"
@@ -144,7 +143,7 @@ def test_client_exit_without_resolving_fails_its_request() -> None:
     pool = Pool(lambda: Forgetful(None))
     with gevent.Timeout(GUARD_SECONDS):
         with pytest.raises(TransientRelayError):
-            pool.attempt(env("a"), 0)
+            pool.attempt(make_envelope(rcpts=["a"]), 0)
     pool.kill()
 
 
@@ -164,7 +163,7 @@ def test_requeue_hands_the_request_to_a_fresh_client() -> None:
     pool = Pool(lambda: RequeueOnce(None, idle_timeout=10))
     try:
         with gevent.Timeout(GUARD_SECONDS):
-            assert str(pool.attempt(env("a"), 0)) == "250 2.0.0 a"
+            assert str(pool.attempt(make_envelope(rcpts=["a"]), 0)) == "250 2.0.0 a"
     finally:
         pool.kill()
     assert len(pool.started) == 2
@@ -173,7 +172,8 @@ def test_requeue_hands_the_request_to_a_fresh_client() -> None:
 def test_requeue_goes_to_the_head() -> None:
     queue = BlockingDeque()
     client = EchoClient(queue)
-    first, second = (AsyncResult(), env("a")), (AsyncResult(), env("b"))
+    first = (AsyncResult(), make_envelope(rcpts=["a"]))
+    second = (AsyncResult(), make_envelope(rcpts=["b"]))
     queue.append(first)
     queue.append(second)
     item = client.poll()
@@ -189,7 +189,8 @@ def test_poll_nowait_never_blocks_and_tracks_what_it_takes() -> None:
     client = EchoClient(queue)
     assert client.poll_nowait() == (None, None)
     assert EchoClient(None).poll_nowait() == (None, None)
-    first, second = (AsyncResult(), env("a")), (AsyncResult(), env("b"))
+    first = (AsyncResult(), make_envelope(rcpts=["a"]))
+    second = (AsyncResult(), make_envelope(rcpts=["b"]))
     queue.extend([first, second])
     assert client.poll() == first
     assert client.poll_nowait() == second
@@ -204,7 +205,8 @@ def test_poll_nowait_keeps_the_count_in_step_with_a_woken_waiter() -> None:
     waiting, taker = EchoClient(queue), EchoClient(queue)
     waiter = gevent.spawn(waiting.poll)
     gevent.idle()  # the waiter blocks in popleft()
-    first, second = (AsyncResult(), env("a")), (AsyncResult(), env("b"))
+    first = (AsyncResult(), make_envelope(rcpts=["a"]))
+    second = (AsyncResult(), make_envelope(rcpts=["b"]))
     queue.append(first)  # wakes the waiter, which has not run yet
     assert taker.poll_nowait() == first
     gevent.idle()
@@ -222,7 +224,7 @@ def test_a_dead_client_fails_every_request_it_took() -> None:
             raise RuntimeError("bug")
 
     pool = Pool(lambda: TakesTwo(None))
-    waiters = [gevent.spawn(pool.attempt, env(rcpt), 0) for rcpt in ("a", "b")]
+    waiters = [gevent.spawn(pool.attempt, make_envelope(rcpts=[rcpt]), 0) for rcpt in ("a", "b")]
     with gevent.Timeout(GUARD_SECONDS):
         gevent.joinall(waiters)
     pool.kill()
@@ -242,8 +244,8 @@ def test_kill_fails_queued_and_running_requests() -> None:
 
     pool = Pool(lambda: Hang(None), pool_size=1)
     with gevent.Timeout(GUARD_SECONDS):
-        running = gevent.spawn(pool.attempt, env("a"), 0)
-        queued = gevent.spawn(pool.attempt, env("b"), 0)
+        running = gevent.spawn(pool.attempt, make_envelope(rcpts=["a"]), 0)
+        queued = gevent.spawn(pool.attempt, make_envelope(rcpts=["b"]), 0)
         started.wait()
         gevent.idle()
         pool.kill()
@@ -268,7 +270,7 @@ def test_pool_restarts_a_client_when_work_remains() -> None:
     pool = Pool(lambda: OneShot(None), pool_size=1)
     try:
         with gevent.Timeout(GUARD_SECONDS):
-            jobs = [gevent.spawn(pool.attempt, env(str(n)), 0) for n in range(3)]
+            jobs = [gevent.spawn(pool.attempt, make_envelope(rcpts=[str(n)]), 0) for n in range(3)]
             gevent.joinall(jobs, raise_error=True)
     finally:
         pool.kill()

@@ -50,7 +50,7 @@ class RecordingIO:
         ((b".abc\r\n",), b"..abc\r\n.\r\n"),
         ((b"a\r\n.b\r\n..c\r\n",), b"a\r\n..b\r\n...c\r\n.\r\n"),
         ((b"a\r\n.\r\n",), b"a\r\n..\r\n.\r\n"),
-        # Fix D-x11: bare LF and bare CR become CRLF.
+        # Bare LF and bare CR become CRLF.
         ((b"a\nb\n",), b"a\r\nb\r\n.\r\n"),
         ((b"a\rb\r",), b"a\r\nb\r\n.\r\n"),
         ((b"a\n.b",), b"a\r\n..b\r\n.\r\n"),

@@ -9,8 +9,9 @@ from collections.abc import Iterator
 import gevent
 import gevent.socket
 import pytest
-from support.smtp_peer import GUARD_TIMEOUT, PEER_ADDRESS, Peer
+from support.smtp_peer import PEER_ADDRESS, Peer
 from support.tls import TlsCert
+from support.util import GUARD_SECONDS
 
 from slimta.smtp import BadReply, ConnectionLost
 from slimta.smtp.io import IO, MAX_REPLY_BYTES
@@ -38,7 +39,7 @@ def test_recv_reply_across_reads(pair: tuple[IO, Peer]) -> None:
     for piece in (b"250-first\r", b"\n250-sec", b"ond\r\n250 third\r\n"):
         peer.send(piece)
         gevent.sleep(0)  # let the reader take each piece separately
-    assert result.get(timeout=GUARD_TIMEOUT) == ("250", "first\r\nsecond\r\nthird")
+    assert result.get(timeout=GUARD_SECONDS) == ("250", "first\r\nsecond\r\nthird")
 
 
 def test_replies_left_in_buffer(pair: tuple[IO, Peer]) -> None:
@@ -101,7 +102,7 @@ def test_large_buffered_send_is_not_copied_into_buffer(pair: tuple[IO, Peer]) ->
     io.send_command(b"NOOP")
     reader = gevent.spawn(peer.read_exactly, 6 + len(big))
     io.buffered_send(memoryview(big))
-    assert reader.get(timeout=GUARD_TIMEOUT) == b"NOOP\r\n" + big
+    assert reader.get(timeout=GUARD_SECONDS) == b"NOOP\r\n" + big
     assert not io.send_buffer
 
 
@@ -191,13 +192,13 @@ def serve_tls(peer: Peer, context: ssl.SSLContext) -> bytes:
 def test_encrypt_with_plain_context(pair: tuple[IO, Peer], tls_cert: TlsCert) -> None:
     io, peer = pair
     server = gevent.spawn(serve_tls, peer, tls_cert.server_context())
-    with gevent.Timeout(GUARD_TIMEOUT):
+    with gevent.Timeout(GUARD_SECONDS):
         io.encrypt_client(plain_client_context(tls_cert))
     assert io.encrypted
     io.send_command(b"NOOP")
     io.flush_send()
     assert io.recv_reply() == ("250", "over tls")
-    assert server.get(timeout=GUARD_TIMEOUT) == b"NOOP\r\n"
+    assert server.get(timeout=GUARD_SECONDS) == b"NOOP\r\n"
     io.close()
 
 
@@ -208,7 +209,7 @@ def test_handshake_does_not_block_the_hub(pair: tuple[IO, Peer], tls_cert: TlsCe
     would fail after it (no ticks, no gevent.Timeout) instead of hanging.
     """
     io, peer = pair
-    io.socket.settimeout(GUARD_TIMEOUT)
+    io.socket.settimeout(GUARD_SECONDS)
     ticks = []
 
     def ticker() -> None:
@@ -229,7 +230,7 @@ def test_handshake_does_not_block_the_hub(pair: tuple[IO, Peer], tls_cert: TlsCe
 def test_handshake_failure(pair: tuple[IO, Peer], tls_cert: TlsCert) -> None:
     io, peer = pair
     peer.send(b"220 this is not a ServerHello at all\r\n")
-    with gevent.Timeout(GUARD_TIMEOUT), pytest.raises(ssl.SSLError):
+    with gevent.Timeout(GUARD_SECONDS), pytest.raises(ssl.SSLError):
         io.encrypt_client(plain_client_context(tls_cert))
     io.close()
 
@@ -237,7 +238,7 @@ def test_handshake_failure(pair: tuple[IO, Peer], tls_cert: TlsCert) -> None:
 def test_encrypt_socket_client_returns_false(pair: tuple[IO, Peer], tls_cert: TlsCert) -> None:
     io, peer = pair
     peer.send(b"garbage garbage garbage garbage garbage\r\n")
-    with gevent.Timeout(GUARD_TIMEOUT):
+    with gevent.Timeout(GUARD_SECONDS):
         assert io.encrypt_socket_client(plain_client_context(tls_cert)) is False
 
 
@@ -247,11 +248,11 @@ def test_certificate_mismatch(tls_cert: TlsCert) -> None:
     peer = Peer(b)
     server = gevent.spawn(peer.start_tls, tls_cert.server_context())
     try:
-        with gevent.Timeout(GUARD_TIMEOUT), pytest.raises(ssl.SSLCertVerificationError):
+        with gevent.Timeout(GUARD_SECONDS), pytest.raises(ssl.SSLCertVerificationError):
             io.encrypt_client(plain_client_context(tls_cert))
     finally:
         io.close()
-        server.join(GUARD_TIMEOUT)
+        server.join(GUARD_SECONDS)
         peer.close()
 
 
@@ -281,12 +282,12 @@ def test_poll_readable_ignores_session_tickets(pair: tuple[IO, Peer], tls_cert: 
     """TLS 1.3 tickets make the fd readable without any reply waiting."""
     io, peer = pair
     server = gevent.spawn(peer.start_tls, tls_cert.server_context())
-    with gevent.Timeout(GUARD_TIMEOUT):
+    with gevent.Timeout(GUARD_SECONDS):
         io.encrypt_client(plain_client_context(tls_cert))
-    server.get(timeout=GUARD_TIMEOUT)
+    server.get(timeout=GUARD_SECONDS)
     assert not io.poll_readable()
     peer.send(b"421 4.3.2 bye\r\n")
-    with gevent.Timeout(GUARD_TIMEOUT):
+    with gevent.Timeout(GUARD_SECONDS):
         while not io.poll_readable():
             gevent.sleep(0)
     assert io.recv_reply() == ("421", "4.3.2 bye")
@@ -296,10 +297,10 @@ def test_poll_readable_ignores_session_tickets(pair: tuple[IO, Peer], tls_cert: 
 def test_close_after_tls_with_vanished_peer(pair: tuple[IO, Peer], tls_cert: TlsCert) -> None:
     io, peer = pair
     server = gevent.spawn(peer.start_tls, tls_cert.server_context())
-    with gevent.Timeout(GUARD_TIMEOUT):
+    with gevent.Timeout(GUARD_SECONDS):
         io.encrypt_client(plain_client_context(tls_cert))
-    server.get(timeout=GUARD_TIMEOUT)
+    server.get(timeout=GUARD_SECONDS)
     peer.close()
-    with gevent.Timeout(GUARD_TIMEOUT):
+    with gevent.Timeout(GUARD_SECONDS):
         io.close()
     assert io.socket.fileno() == -1

@@ -12,6 +12,7 @@ import pytest
 from gevent import socket as gsocket
 from support.smtp_wire import Wire
 from support.smuggling import SMUGGLED, SMUGGLING_VARIANTS
+from support.util import GUARD_SECONDS
 
 from slimta.smtp import ConnectionLost, MessageTooBig
 from slimta.smtp._server_core import BadDataError
@@ -83,7 +84,7 @@ class Session:
 
     def outcome(self) -> Any:
         """Wait for the server to end; the exception it ended with, or None."""
-        self.greenlet.join(10)
+        self.greenlet.join(GUARD_SECONDS)
         assert self.greenlet.ready()
         return self.greenlet.exception
 

@@ -79,7 +79,7 @@ def test_incomplete_reply_leaves_rest_pending() -> None:
 @pytest.mark.parametrize(
     ("data", "expected"),
     [
-        (b"250\r\n", ("250", "")),  # code only (Fix D-x11)
+        (b"250\r\n", ("250", "")),  # code only, no text
         (b"250-\r\n250\r\n", ("250", "\r\n")),
         (b"250\ttab\r\n", ("250", "tab")),
         (b"250 lf only\n", ("250", "lf only")),

@@ -1,5 +1,6 @@
 import gevent
 import pytest
+from support.util import GUARD_SECONDS
 
 from slimta.util.deque import BlockingDeque
 
@@ -10,7 +11,7 @@ def test_popleft_blocks_until_append():
     gevent.idle()
     assert not waiter.ready()
     dq.append("x")
-    assert waiter.get(timeout=1) == "x"
+    assert waiter.get(timeout=GUARD_SECONDS) == "x"
 
 
 def test_counts_follow_items():
