@@ -17,18 +17,22 @@ How a message travels:
    reply: the client keeps the message and retries, so nothing is delivered
    behind its back and nothing is lost. (Only if that removal fails too is the
    copy left for the sweeper; the message may then arrive twice.)
-2. A worker runs the task (``acks_late``, ``reject_on_worker_lost``): it takes a
-   short *lease* on the ID in Redis, keeps the deadline ``lease`` seconds ahead
-   while it works (a heartbeat greenlet), loads the envelope without the recipients already
-   delivered and calls the relay. Recipients the relay delivered are recorded
+2. A worker runs the task (``acks_late``, ``reject_on_worker_lost``): in one
+   Redis round trip (a script) it takes a short *lease* on the ID, moves the
+   deadline ``lease`` seconds ahead and reads the envelope without the
+   recipients already delivered; one greenlet per worker process renews all of
+   its leases (and their deadlines) every third of ``lease``, in one round trip.
+   It calls the relay. Recipients the relay delivered are recorded
    at once, before anything else happens; permanent failures are bounced
    (``bounce_factory``, :class:`~slimta.bounce.Bounce` by default, enqueued
    through this same queue) and recorded; transient ones are retried with
    ``task.retry(countdown=backoff(envelope, attempts))``, with only the
    remaining recipients (deadline: the retry time plus ``dispatch_timeout``).
    When ``backoff`` returns ``None`` they are bounced ("Too many retries"). A
-   task that finds the lease taken, the message gone or its retry time not yet
-   come does nothing (a duplicate).
+   message done with (delivered or bounced) is deleted and its lease given up
+   in one round trip, so a delivered message costs the worker two round trips
+   to the store. A task that finds the lease taken, the message gone or its
+   retry time not yet come does nothing (a duplicate).
 3. The sweeper re-sends the task of every ID whose deadline has passed: a
    message whose task the broker lost (kombu's Redis transport can lose a
    message a worker popped just before it was SIGKILLed), or whose worker died.
@@ -39,6 +43,14 @@ How a message travels:
    workers was chosen over a beat task so that no extra process (beat) has to
    be kept alive; :meth:`CeleryQueue.sweep` does one round, for a beat task if
    wanted.
+
+The task is named ``slimta.celeryqueue.attempt_delivery``, or
+``attempt_delivery_<suffix>`` with a ``suffix``: python-slimta-celeryqueue's
+names, so ``task_routes`` written for it still apply. It is registered on the
+given app only (not as a shared task). An app can hold several queues (one per
+relay, say) as long as each has its own ``suffix``; a second queue under a name
+already taken is refused with :class:`ValueError`, since Celery would keep the
+first task and every message would reach the first queue's relay.
 
 Delivery is at least once: a worker killed after the receiver accepted the
 message but before the delivered record was written delivers it again. A
@@ -53,6 +65,7 @@ import logging
 import time
 import urllib.parse
 import uuid
+import weakref
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -76,6 +89,8 @@ __all__ = [
     "CeleryApp",
     "CeleryQueue",
     "PAYLOAD_VERSION",
+    "SUFFIXED_TASK_NAME",
+    "TASK_NAME",
     "PayloadError",
     "make_payload",
     "parse_payload",
@@ -83,8 +98,12 @@ __all__ = [
 
 _log = logging.getLogger(__name__)
 
-#: The delivery task's name; a ``suffix`` is appended after an underscore.
-TASK_NAME = "attempt_delivery"
+#: The delivery task's name without a ``suffix`` (the name Celery gave
+#: python-slimta-celeryqueue's task: its module plus ``attempt_delivery``).
+TASK_NAME = "slimta.celeryqueue.attempt_delivery"
+#: The delivery task's name with a ``suffix``: ``attempt_delivery_<suffix>``
+#: (python-slimta-celeryqueue's naming, without the module).
+SUFFIXED_TASK_NAME = "attempt_delivery_{}"
 #: Default seconds a worker's lease on a message lasts without a heartbeat.
 DEFAULT_LEASE_SECONDS = 60.0
 #: Default seconds between two sweeps.
@@ -113,8 +132,9 @@ class CeleryQueue(DeliveryTask):
     :param celery: the :obj:`celery.Celery` app, the same in the enqueuing
         process and in the workers.
     :param relay: the :class:`~slimta.relay.Relay` the task delivers with.
-    :param suffix: names the task (``attempt_delivery_<suffix>``), so an app
-        can have one queue per relay.
+    :param suffix: names the task ``attempt_delivery_<suffix>`` instead of
+        ``slimta.celeryqueue.attempt_delivery`` (python-slimta-celeryqueue's
+        names), so that an app can have one queue per relay.
     :param backoff: ``backoff(envelope, attempts)``: seconds before the next
         attempt after a transient failure, or ``None`` to bounce. By default
         exponential from 5 minutes to 2 hours, giving up after 5 days.
@@ -129,8 +149,11 @@ class CeleryQueue(DeliveryTask):
     :param dispatch_timeout: seconds a task may wait in the broker (or, with
         its countdown, in a worker) before the sweeper sends it again; longer
         than the longest backlog, or a backlog is sent twice. A new keyword.
-    :raises ValueError: the app accepts pickle, or no store is given and the
-        broker is not Redis.
+    :raises ValueError: the app accepts pickle; or no store is given and the
+        broker is not Redis; or the app already has a task of this name (another
+        CeleryQueue without a ``suffix``, or with the same one): Celery would
+        keep the first task, and every message would go to the first queue's
+        relay, so each queue of an app needs its own ``suffix``.
     """
 
     def __init__(
@@ -162,7 +185,8 @@ class CeleryQueue(DeliveryTask):
         self.sweep_interval = float(sweep_interval)
         self.dispatch_timeout = float(dispatch_timeout)
         self.store = store if store is not None else _store_for(celery)
-        task_name = TASK_NAME if not suffix else f"{TASK_NAME}_{suffix}"
+        task_name = SUFFIXED_TASK_NAME.format(suffix) if suffix else TASK_NAME
+        _claim_task_name(celery, task_name)  # the last check before the task is registered
         self.ledger = Ledger(self.store, task_name)
         queue = self
 
@@ -172,6 +196,9 @@ class CeleryQueue(DeliveryTask):
         #: The Celery task that delivers one stored message.
         self.attempt_task: Any = celery.task(
             name=task_name,
+            # This app only: a shared task would be added to every app created
+            # later in the process, each time under the same name.
+            shared=False,
             bind=True,
             acks_late=True,
             reject_on_worker_lost=True,
@@ -180,6 +207,8 @@ class CeleryQueue(DeliveryTask):
             ignore_result=True,
         )(attempt_delivery)
         self._sweeper: Greenlet | None = None
+        self._held = {}
+        self._renewer = None
         self._time: Callable[[], float] = time.time
         signals.worker_ready.connect(self._on_worker_ready)
         signals.worker_shutdown.connect(self._on_worker_shutdown)
@@ -202,10 +231,15 @@ class CeleryQueue(DeliveryTask):
         raise NotImplementedError()
 
     def kill(self) -> None:
-        """Stop this process's sweeper, if it runs. Tasks in flight are Celery's to stop."""
+        """Stop this process's sweeper and lease renewer, if they run.
+
+        Tasks in flight are Celery's to stop (a worker calls this once its
+        tasks are done).
+        """
         sweeper, self._sweeper = self._sweeper, None
         if sweeper is not None:
             sweeper.kill()
+        self._stop_renewing()
 
     def enqueue(self, envelope: Envelope) -> list[tuple[Envelope, str | QueueError]]:
         """Run the policies, store each resulting envelope, then send its task.
@@ -313,6 +347,26 @@ class CeleryQueue(DeliveryTask):
     def get_info(self) -> dict[str, int]:
         """``size`` (messages stored), ``due`` (with a deadline) and ``overdue`` (past it)."""
         return self.ledger.info(self._time())
+
+
+#: Task names taken by a CeleryQueue, per app.
+_TASK_NAMES: weakref.WeakKeyDictionary[Any, set[str]] = weakref.WeakKeyDictionary()
+
+
+def _claim_task_name(celery: CeleryApp, name: str) -> None:
+    """Take ``name`` for a new queue on ``celery``.
+
+    :raises ValueError: another CeleryQueue on this app has it, or (in an app
+        already finalized) any other task does.
+    """
+    taken = _TASK_NAMES.setdefault(celery, set())
+    in_app = bool(getattr(celery, "finalized", False)) and name in getattr(celery, "tasks", {})
+    if name in taken or in_app:
+        raise ValueError(
+            f"the Celery app already has a task named {name!r}; "
+            "give each CeleryQueue of an app its own suffix"
+        )
+    taken.add(name)
 
 
 def _error(message: str, text: str) -> QueueError:

@@ -14,11 +14,12 @@ from typing import Any
 
 import gevent
 from celery.exceptions import Reject
+from gevent import Greenlet
 
 from slimta.envelope import Envelope
 from slimta.logging import log_exception
 from slimta.queue import QueueError
-from slimta.queue._outcome import (
+from slimta.queue.outcome import (
     Outcome,
     bounce_address,
     classify,
@@ -53,6 +54,9 @@ class DeliveryTask:
     backoff: Callable[[Envelope, int], float | None] | None
     bounce_factory: Callable[[Envelope, Reply], Envelope | None]
     _time: Callable[[], float]
+    #: The leases this process holds, ID -> token, renewed by ``_renewer``.
+    _held: dict[str, str]
+    _renewer: Greenlet | None
 
     def enqueue(self, envelope: Envelope) -> list[tuple[Envelope, str | QueueError]]:
         """Store and send a new message (bounces go this way)."""
@@ -68,27 +72,59 @@ class DeliveryTask:
             raise Reject(str(exc), requeue=False) from None
         token = uuid.uuid4().hex
         try:
-            if not self.ledger.acquire(id, token, self.lease, self._time()):
-                return "busy"
+            taken = self.ledger.take(id, token, self.lease, self._time())
+        except KeyError:
+            return "gone"  # delivered or bounced already; its deadline is dropped
         except QueueError:
             log_exception(__name__, queue_id=id)
-            return "store-error"  # the deadline brings it back
-        heartbeat = gevent.spawn(self._heartbeat, id, token)
-        try:
-            return self._deliver(task, id, token)
-        finally:
-            heartbeat.kill()
             self._release(id, token)
+            return "store-error"  # the deadline brings it back
+        if taken is None:
+            return "busy"
+        lease = _Lease(id, token)
+        self._hold(id, token)
+        try:
+            return self._deliver(task, lease, *taken)
+        finally:
+            self._unhold(lease)
+            if lease.held:
+                self._release(id, token)
 
-    def _heartbeat(self, id: str, token: str) -> None:
+    def _hold(self, id: str, token: str) -> None:
+        """Keep ``id``'s lease alive until the delivery ends."""
+        self._held[id] = token
+        if self._renewer is None or self._renewer.dead:
+            self._renewer = gevent.spawn(self._renew_held)
+
+    def _unhold(self, lease: _Lease) -> None:
+        """Stop renewing ``lease`` (before it is given up, so no renewal finds it gone)."""
+        if self._held.get(lease.id) == lease.token:
+            del self._held[lease.id]
+
+    def _renew_held(self) -> None:
+        """Every third of a lease, renew all of this process's leases in one round trip.
+
+        One greenlet per process, not one per delivery; it ends when nothing is held.
+        """
         while True:
             gevent.sleep(self.lease / 3.0)
+            held = dict(self._held)
+            if not held:
+                return
             try:
-                if not self.ledger.renew(id, token, self.lease, self._time()):
-                    _log.warning("celeryqueue: %s: lease lost during delivery", id)
-                    return
+                lost = self.ledger.renew_all(held, self.lease, self._time())
             except QueueError:
-                log_exception(__name__, queue_id=id)
+                log_exception(__name__)
+                continue
+            for id in lost:
+                _log.warning("celeryqueue: %s: lease lost during delivery", id)
+                if self._held.get(id) == held[id]:
+                    del self._held[id]
+
+    def _stop_renewing(self) -> None:
+        renewer, self._renewer = self._renewer, None
+        if renewer is not None:
+            renewer.kill()
 
     def _release(self, id: str, token: str) -> None:
         try:
@@ -96,37 +132,38 @@ class DeliveryTask:
         except QueueError:
             log_exception(__name__, queue_id=id)
 
-    def _deliver(self, task: Any, id: str, token: str) -> str:
-        try:
-            envelope, attempts, next_at = self.ledger.read(id)
-        except KeyError:
-            self._forget(id)
-            return "gone"
-        except QueueError:
-            log_exception(__name__, queue_id=id)
-            return "store-error"
+    def _finish(self, lease: _Lease) -> None:
+        """Delete the message and give the lease up (one round trip)."""
+        self._unhold(lease)
+        self.ledger.finish(lease.id, lease.token)
+        lease.held = False
+
+    def _reschedule(self, lease: _Lease, deadline: float, next_attempt: float | None) -> None:
+        """Move the deadline (and the next attempt) and give the lease up (one round trip)."""
+        self._unhold(lease)
+        self.ledger.reschedule(lease.id, lease.token, deadline, next_attempt)
+        lease.held = False
+
+    def _deliver(
+        self, task: Any, lease: _Lease, envelope: Envelope, attempts: int, next_at: float
+    ) -> str:
+        id = lease.id
         recipients = list(envelope.recipients)
         try:
             if next_at > self._time() + CLOCK_SKEW_SECONDS:
                 # A duplicate: the real retry (or the sweeper) comes later. Taking
                 # the lease moved the deadline; put it back after the retry time.
-                self.ledger.set_deadline(id, next_at + self.dispatch_timeout)
+                self._reschedule(lease, next_at + self.dispatch_timeout, None)
                 return "early"
             if not recipients:
-                self.ledger.remove(id)
+                self._finish(lease)
                 return "delivered"
             outcome = self._attempt(id, envelope, recipients, attempts)
-            return self._settle(task, id, token, envelope, recipients, outcome)
+            return self._settle(task, lease, envelope, recipients, outcome)
         except QueueError:
             # What was recorded stands; the deadline brings the rest back.
             log_exception(__name__, queue_id=id)
             return "store-error"
-
-    def _forget(self, id: str) -> None:
-        try:
-            self.ledger.forget(id)
-        except QueueError:
-            log_exception(__name__, queue_id=id)
 
     def _attempt(
         self, id: str, envelope: Envelope, recipients: list[str], attempts: int
@@ -146,15 +183,15 @@ class DeliveryTask:
     def _settle(
         self,
         task: Any,
-        id: str,
-        token: str,
+        lease: _Lease,
         envelope: Envelope,
         recipients: list[str],
         outcome: Outcome,
     ) -> str:
+        id = lease.id
         delivered = set(outcome.delivered)
         if len(delivered) == len(recipients):
-            self.ledger.remove(id)
+            self._finish(lease)
             return "delivered"
         if delivered:
             # First of all: nothing after this may deliver them again.
@@ -169,7 +206,7 @@ class DeliveryTask:
             else:
                 transient.extend((i, reply) for i in indexes)
         if not transient:
-            self.ledger.remove(id)
+            self._finish(lease)
             return "bounced" if bounced else "delivered"
         if bounced:
             self.store.set_recipients_delivered(id, sorted(position[i] for i in bounced))
@@ -181,13 +218,11 @@ class DeliveryTask:
             failed = [(recipients[i], _too_many_retries(reply)) for i, reply in transient]
             for reply, rcpts in group_by_reply(failed):
                 self._bounce(envelope.copy(rcpts), reply)
-            self.ledger.remove(id)
+            self._finish(lease)
             return "bounced"
         now = self._time()
-        self.store.set_timestamp(id, now + wait)
-        self.ledger.set_deadline(id, now + wait + self.dispatch_timeout)
         # Released before the retry is sent, so the retry never finds it taken.
-        self._release(id, token)
+        self._reschedule(lease, now + wait + self.dispatch_timeout, now + wait)
         raise task.retry(args=[make_payload(id)], kwargs={}, countdown=wait)
 
     def _backoff(self, id: str, envelope: Envelope, attempts: int) -> float | None:
@@ -218,6 +253,17 @@ class DeliveryTask:
             log_exception(__name__, sender=envelope.sender)
             return False
         return all(not isinstance(result, BaseException) for _, result in results)
+
+
+class _Lease:
+    """One delivery's hold on a message: given up once, by whichever step ends it."""
+
+    __slots__ = ("held", "id", "token")
+
+    def __init__(self, id: str, token: str) -> None:
+        self.id = id
+        self.token = token
+        self.held = True
 
 
 def _task_id(task: Any) -> str:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, TypeAlias, TypeVar
 
 import redis
 
@@ -27,24 +27,58 @@ from slimta.queue import QueueError
 from slimta.queue.codec import CodecError, dumps, loads
 from slimta.redisstorage import FORMAT_VERSION, RedisStorage
 
-__all__ = ["Ledger"]
+__all__ = ["Ledger", "Taken"]
+
+#: What :meth:`Ledger.take` reads: the envelope without its done recipients,
+#: its attempts and its next-attempt time.
+Taken: TypeAlias = tuple[Envelope, int, float]
 
 _log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 
-# KEYS[1] the lock, KEYS[2] the due set; ARGV token, ttl ms, id, deadline.
-_ACQUIRE = """
-if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 0 end
-redis.call('ZADD', KEYS[2], 'XX', ARGV[4], ARGV[3])
-return 1
+# KEYS[1] the message, KEYS[2] the due set, KEYS[3] the lock; ARGV id, token,
+# ttl ms, deadline. One round trip starts a delivery: a message that is gone
+# loses its deadline ({0}); one leased by another worker is left alone ({1});
+# otherwise the lease is taken, the deadline moved past it, and the fields read.
+_TAKE = """
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  redis.call('ZREM', KEYS[2], ARGV[1])
+  return {0}
+end
+if not redis.call('SET', KEYS[3], ARGV[2], 'NX', 'PX', ARGV[3]) then return {1} end
+redis.call('ZADD', KEYS[2], 'XX', ARGV[4], ARGV[1])
+local f = redis.call('HMGET', KEYS[1], 'envelope', 'attempts', 'delivered', 'timestamp')
+return {2, f[1], f[2], f[3], f[4]}
 """
-# Same keys and arguments: only the holder extends its lease and the deadline.
+# KEYS[1] the lock, KEYS[2] the due set; ARGV token, ttl ms, id, deadline.
+# Only the holder extends its lease and the deadline.
 _RENEW = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 redis.call('ZADD', KEYS[2], 'XX', ARGV[4], ARGV[3])
 return 1
 """
+# KEYS[1] the message, KEYS[2] the ID set, KEYS[3] the due set, KEYS[4] the
+# lock; ARGV id, token. The message is done: delete it and give the lease up.
+_FINISH = """
+redis.call('DEL', KEYS[1])
+redis.call('SREM', KEYS[2], ARGV[1])
+redis.call('ZREM', KEYS[3], ARGV[1])
+if redis.call('GET', KEYS[4]) == ARGV[2] then redis.call('DEL', KEYS[4]) end
+return 1
+"""
+# KEYS[1] the message, KEYS[2] the due set, KEYS[3] the lock; ARGV id, token,
+# deadline, next-attempt time ('' to keep it). Set the next attempt of a message
+# that still exists, move its deadline and give the lease up.
+_RESCHEDULE = """
+if ARGV[4] ~= '' and redis.call('EXISTS', KEYS[1]) == 1 then
+  redis.call('HSET', KEYS[1], 'timestamp', ARGV[4])
+end
+redis.call('ZADD', KEYS[2], 'XX', ARGV[3], ARGV[1])
+if redis.call('GET', KEYS[3]) == ARGV[2] then redis.call('DEL', KEYS[3]) end
+return 1
+"""
+# KEYS[1] the lock; ARGV token.
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
@@ -69,7 +103,9 @@ class Ledger:
         self.due_key = f"{prefix}celery:due:{task_name}"
         self._lock_prefix = f"{prefix}celery:lock:{task_name}:"
         self.sweeper_key = f"{prefix}celery:sweeper:{task_name}"
-        self._acquire = self.redis.register_script(_ACQUIRE)
+        self._take = self.redis.register_script(_TAKE)
+        self._finish = self.redis.register_script(_FINISH)
+        self._reschedule = self.redis.register_script(_RESCHEDULE)
         self._renew = self.redis.register_script(_RENEW)
         self._release = self.redis.register_script(_RELEASE)
         self._claim = self.redis.register_script(_CLAIM)
@@ -110,23 +146,30 @@ class Ledger:
         self._call(work)
         return id
 
-    def read(self, id: str) -> tuple[Envelope, int, float]:
-        """The envelope without its done recipients, its attempts and next-attempt time.
+    def take(self, id: str, token: str, lease: float, now: float) -> Taken | None:
+        """Lease ``id`` for ``lease`` seconds and read it, in one round trip.
 
-        :raises KeyError: no such message.
+        The deadline moves to ``now + lease`` (the heartbeat keeps it ahead).
+
+        :returns: the envelope without its done recipients, its attempts and
+            its next-attempt time; ``None`` when another worker holds the lease.
+        :raises KeyError: no such message (its deadline is dropped too).
         :raises slimta.queue.QueueError: Redis failed, or the stored message is
             unreadable (or carries pickled attributes); it is then moved aside to
             ``<prefix>corrupt:<id>`` and no longer listed or due.
         """
-        fields = self._call(
-            lambda: self.redis.hmget(
-                self.prefix + id, ["envelope", "attempts", "delivered", "timestamp"]
-            )
-        )
-        raw, attempts, delivered, timestamp = fields
-        if raw is None:
+        keys = [self.prefix + id, self.due_key, self.lock_key(id)]
+        args = [id, token, _ms(lease), repr(now + lease)]
+        reply = self._call(lambda: self._take(keys=keys, args=args))
+        status = int(reply[0])
+        if status == 0:
             raise KeyError(id)
+        if status == 1:
+            return None
+        raw, attempts, delivered, timestamp = (list(reply[1:]) + [None] * 4)[:4]
         try:
+            if raw is None:
+                raise ValueError("no envelope field")
             envelope = loads(raw, allow_pickle=False)
             done = [int(i) for i in delivered.split(b",") if i] if delivered else []
             count = int(attempts or 0)
@@ -171,25 +214,46 @@ class Ledger:
 
         self._call(work)
 
-    def forget(self, id: str) -> None:
-        """Drop the deadline of a message that is gone."""
-        self._call(lambda: self.redis.zrem(self.due_key, id))
+    def finish(self, id: str, token: str) -> None:
+        """Delete a delivered (or bounced) message and give up its lease, in one round trip.
 
-    def set_deadline(self, id: str, deadline: float) -> None:
-        """Move the deadline of a message that still has one."""
-        self._call(lambda: self.redis.zadd(self.due_key, {id: float(deadline)}, xx=True))
+        :raises slimta.queue.QueueError:
+        """
+        keys = [self.prefix + id, self.prefix + "ids", self.due_key, self.lock_key(id)]
+        self._call(lambda: self._finish(keys=keys, args=[id, token]))
 
-    def acquire(self, id: str, token: str, lease: float, now: float) -> bool:
-        """Take the delivery lease on ``id`` for ``lease`` seconds; ``False`` if taken."""
-        args = [token, _ms(lease), id, repr(now + lease)]
-        keys = [self.lock_key(id), self.due_key]
-        return bool(self._call(lambda: self._acquire(keys=keys, args=args)))
+    def reschedule(
+        self, id: str, token: str, deadline: float, next_attempt: float | None = None
+    ) -> None:
+        """Move the deadline (and the next-attempt time, if given) and give the lease up.
 
-    def renew(self, id: str, token: str, lease: float, now: float) -> bool:
-        """Extend a lease still held with ``token``; ``False`` if it was lost."""
-        args = [token, _ms(lease), id, repr(now + lease)]
-        keys = [self.lock_key(id), self.due_key]
-        return bool(self._call(lambda: self._renew(keys=keys, args=args)))
+        One round trip. The next-attempt time is written only if the message
+        still exists; the deadline only if it still has one.
+
+        :raises slimta.queue.QueueError:
+        """
+        keys = [self.prefix + id, self.due_key, self.lock_key(id)]
+        when = "" if next_attempt is None else repr(float(next_attempt))
+        self._call(lambda: self._reschedule(keys=keys, args=[id, token, repr(deadline), when]))
+
+    def renew_all(self, leases: dict[str, str], lease: float, now: float) -> list[str]:
+        """Extend every lease in ``leases`` (ID -> token) in one round trip.
+
+        :returns: the IDs whose lease was lost (taken over, or expired).
+        :raises slimta.queue.QueueError:
+        """
+        ids = list(leases)
+        ttl, deadline = _ms(lease), repr(now + lease)
+
+        def work() -> list[Any]:
+            pipe = self.redis.pipeline(transaction=False)
+            for id in ids:
+                args = [leases[id], ttl, id, deadline]
+                self._renew(keys=[self.lock_key(id), self.due_key], args=args, client=pipe)
+            return list(pipe.execute())
+
+        results = self._call(work)
+        return [id for id, ok in zip(ids, results, strict=True) if not ok]
 
     def release(self, id: str, token: str) -> None:
         """Give the lease up, if ``token`` still holds it."""

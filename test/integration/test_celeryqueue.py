@@ -180,7 +180,7 @@ def test_partial_transient_then_success_and_bounce(
     assert b"550" in bounces[0].content
     assert b"temp@example.com" not in bounces[0].content
     log = cluster.logs()
-    assert f"Task attempt_delivery[{id}] retry" in log
+    assert f"Task {cluster.queue.attempt_task.name}[{id}] retry" in log
     assert cluster.queue.get_info()["size"] == 0
 
 
@@ -203,6 +203,7 @@ def test_bad_payloads_rejected_not_retried(
     sink = smtp_sink()
     cluster = celery_cluster(sink.port, workers=1, **FAST)
     task = cluster.queue.attempt_task
+    name = task.name
     bad = [
         ({"v": 99, "id": "0" * 32}, "version 99 is not supported"),
         ({"v": 1, "id": "../../etc"}, "not a queue ID"),
@@ -214,15 +215,15 @@ def test_bad_payloads_rejected_not_retried(
     _enqueue_ok(cluster, _message("after-bad", ["rcpt@example.com"]))
     sink.wait_for_messages(1, timeout=30)
     wait_until(
-        lambda: all(f"Task attempt_delivery[{id}] reject" in cluster.logs() for id in ids),
+        lambda: all(f"Task {name}[{id}] reject" in cluster.logs() for id in ids),
         "the rejections logged",
         30,
         0.05,
     )
     log = cluster.logs()
     for id, (_, reason) in zip(ids, bad, strict=True):
-        assert log.count(f"Task attempt_delivery[{id}] received") == 1
-        assert log.count(f"Task attempt_delivery[{id}] reject requeue=False") == 1
+        assert log.count(f"Task {name}[{id}] received") == 1
+        assert log.count(f"Task {name}[{id}] reject requeue=False") == 1
         assert reason in log
     redis = cluster.queue.store.redis
     assert redis.llen(cluster.prefix + "celery") == 0
@@ -243,3 +244,115 @@ def test_broker_unreachable(redis_server: Any, redis_prefix: str) -> None:
     # The stored copy was removed: the client keeps the message and retries.
     assert queue.get_info() == {"size": 0, "due": 0, "overdue": 0}
     assert queue.store.redis.keys(redis_prefix + "*") == []
+
+
+# -- the ledger's scripts on a real Redis ---------------------------------------------
+def _evalsha_calls(redis: Any) -> int:
+    return int(redis.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0))
+
+
+def test_ledger_take_and_finish_are_one_round_trip_each(
+    redis_server: Any, redis_prefix: str
+) -> None:
+    from slimta.celeryqueue._ledger import Ledger
+    from slimta.redisstorage import RedisStorage
+
+    store = RedisStorage(host=redis_server.host, port=redis_server.port, prefix=redis_prefix)
+    ledger = Ledger(store, "t")
+    redis = store.redis
+    env = _message("ledger", ["a@example.com", "b@example.com"])
+    id = ledger.write(env, 100.0, 700.0)
+    store.set_recipients_delivered(id, [0])
+    ledger.take(id, "warm", 5.0, 100.0)  # loads the script into Redis
+    ledger.release(id, "warm")
+    before = _evalsha_calls(redis)
+    taken = ledger.take(id, "w1", 5.0, 100.0)
+    assert taken is not None
+    envelope, attempts, next_at = taken
+    assert envelope.recipients == ["b@example.com"] and (attempts, next_at) == (0, 100.0)
+    assert redis.get(ledger.lock_key(id)) == b"w1"
+    assert 0 < redis.pttl(ledger.lock_key(id)) <= 5000
+    assert redis.zscore(ledger.due_key, id) == 105.0  # the deadline follows the lease
+    # Leased: another worker gets nothing and changes nothing.
+    assert ledger.take(id, "w2", 5.0, 101.0) is None
+    assert redis.zscore(ledger.due_key, id) == 105.0
+    # A finish with a lost lease deletes the message but not another's lease.
+    redis.set(ledger.lock_key(id), "w3")
+    ledger.finish(id, "w1")
+    assert redis.get(ledger.lock_key(id)) == b"w3"
+    assert not redis.exists(redis_prefix + id)
+    assert not redis.sismember(redis_prefix + "ids", id)
+    assert redis.zscore(ledger.due_key, id) is None
+    assert _evalsha_calls(redis) - before == 3  # take, take, finish
+    # Gone: take says so and drops a deadline left behind.
+    redis.zadd(ledger.due_key, {id: 1.0})
+    with pytest.raises(KeyError):
+        ledger.take(id, "w4", 5.0, 102.0)
+    assert redis.zscore(ledger.due_key, id) is None
+
+
+def test_ledger_reschedule_and_finish_release_only_their_own_lease(
+    redis_server: Any, redis_prefix: str
+) -> None:
+    from slimta.celeryqueue._ledger import Ledger
+    from slimta.redisstorage import RedisStorage
+
+    store = RedisStorage(host=redis_server.host, port=redis_server.port, prefix=redis_prefix)
+    ledger = Ledger(store, "t")
+    redis = store.redis
+    id = ledger.write(_message("resched", ["a@example.com"]), 100.0, 700.0)
+    assert ledger.take(id, "w1", 5.0, 100.0) is not None
+    ledger.reschedule(id, "w1", 1000.0, 400.0)
+    assert redis.get(ledger.lock_key(id)) is None
+    assert redis.zscore(ledger.due_key, id) == 1000.0
+    assert store.get(id)[1] == 0 and float(redis.hget(redis_prefix + id, "timestamp")) == 400.0
+    # Without a next-attempt time only the deadline moves; another's lease stays.
+    redis.set(ledger.lock_key(id), "w2")
+    ledger.reschedule(id, "w1", 1500.0, None)
+    assert redis.get(ledger.lock_key(id)) == b"w2"
+    assert redis.zscore(ledger.due_key, id) == 1500.0
+    assert float(redis.hget(redis_prefix + id, "timestamp")) == 400.0
+    # A message gone meanwhile is not brought back by a reschedule.
+    ledger.finish(id, "w2")
+    ledger.reschedule(id, "w2", 2000.0, 900.0)
+    assert not redis.exists(redis_prefix + id) and redis.zscore(ledger.due_key, id) is None
+    # Unreadable: moved aside, lease given back by the caller.
+    bad = ledger.write(_message("bad", ["a@example.com"]), 100.0, 700.0)
+    redis.hset(redis_prefix + bad, "envelope", b"not an envelope")
+    with pytest.raises(QueueError):
+        ledger.take(bad, "w1", 5.0, 100.0)
+    assert redis.exists(redis_prefix + "corrupt:" + bad)
+    assert not redis.sismember(redis_prefix + "ids", bad)
+    assert redis.zscore(ledger.due_key, bad) is None
+
+
+def test_ledger_renews_all_leases_in_one_round_trip(redis_server: Any, redis_prefix: str) -> None:
+    from slimta.celeryqueue._ledger import Ledger
+    from slimta.redisstorage import RedisStorage
+
+    store = RedisStorage(host=redis_server.host, port=redis_server.port, prefix=redis_prefix)
+    ledger = Ledger(store, "t")
+    redis = store.redis
+    ids = [ledger.write(_message(f"renew{n}", ["a@example.com"]), 100.0, 700.0) for n in range(3)]
+    for id in ids:
+        assert ledger.take(id, "mine", 1.0, 100.0) is not None
+    redis.set(ledger.lock_key(ids[1]), "theirs")  # taken over
+    redis.delete(ledger.lock_key(ids[2]))  # expired
+    pipelines: list[Any] = []
+    make_pipeline = redis.pipeline
+
+    def pipeline(*args: Any, **kwargs: Any) -> Any:
+        pipelines.append(make_pipeline(*args, **kwargs))
+        return pipelines[-1]
+
+    redis.pipeline = pipeline
+    before = _evalsha_calls(redis)
+    lost = ledger.renew_all({id: "mine" for id in ids}, 60.0, 200.0)
+    assert lost == ids[1:]
+    assert _evalsha_calls(redis) - before == 3
+    assert len(pipelines) == 1  # the three renewals went in one pipeline (one round trip)
+    assert redis.pttl(ledger.lock_key(ids[0])) > 30000
+    assert redis.zscore(ledger.due_key, ids[0]) == 260.0
+    assert redis.zscore(ledger.due_key, ids[1]) == 101.0  # not the holder: unchanged
+    assert redis.get(ledger.lock_key(ids[1])) == b"theirs"
+    assert redis.get(ledger.lock_key(ids[2])) is None

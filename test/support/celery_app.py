@@ -52,6 +52,9 @@ def make_app(
             "visibility_timeout": lease * 2,
             "polling_interval": 0.5,
             "max_connections": 100,
+            # The store and the sweeper, not the broker, bring a lost task back
+            # (see doc/deployment.rst): no unacked bookkeeping in Redis.
+            "ack_emulation": False,
         },
         broker_pool_limit=100,
         broker_connection_retry_on_startup=True,

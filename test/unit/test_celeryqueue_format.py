@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 from typing import Any
+from unittest.mock import ANY
 
 import pytest
 from support.util import IN_CI
@@ -23,8 +24,10 @@ from celery.exceptions import Reject  # noqa: E402
 
 from slimta.celeryqueue import (  # noqa: E402
     PAYLOAD_VERSION,
+    TASK_NAME,
     CeleryQueue,
     PayloadError,
+    _delivery,  # noqa: E402
     make_payload,
     parse_payload,
 )
@@ -165,7 +168,53 @@ def test_task_options() -> None:
     assert task.name == "attempt_delivery_mx"
     assert (task.acks_late, task.reject_on_worker_lost, task.max_retries) == (True, True, None)
     assert task.serializer == "json"
-    assert _queue().attempt_task.name == "attempt_delivery"
+    # python-slimta-celeryqueue's names: Celery named its unsuffixed task
+    # after the module and the method.
+    assert _queue().attempt_task.name == "slimta.celeryqueue.attempt_delivery"
+
+
+def test_one_app_two_queues_need_two_suffixes() -> None:
+    app = _app()
+    mx = _queue(app, suffix="mx")
+    local = _queue(app, suffix="local")
+    plain = _queue(app)
+    for again in ({"suffix": "mx"}, {}):
+        with pytest.raises(ValueError, match="its own suffix"):
+            _queue(app, **again)
+    # Each queue's task runs its own body, on its own ledger.
+    names = {mx.attempt_task.name, local.attempt_task.name, plain.attempt_task.name}
+    assert names == {"attempt_delivery_mx", "attempt_delivery_local", TASK_NAME}
+    app.finalize()
+    for queue in (mx, local, plain):
+        registered = app.tasks[queue.attempt_task.name]
+        assert registered.run.__closure__[0].cell_contents is queue
+    assert {mx.ledger.due_key, local.ledger.due_key, plain.ledger.due_key} == {
+        f"unit:celery:due:{name}" for name in names
+    }
+
+
+def test_a_name_taken_by_another_task_is_refused() -> None:
+    app = _app()
+
+    @app.task(name="attempt_delivery_x", shared=False)
+    def other() -> None:
+        pass
+
+    app.finalize()
+    with pytest.raises(ValueError, match="already has a task named 'attempt_delivery_x'"):
+        _queue(app, suffix="x")
+
+
+def test_queues_on_other_apps_do_not_leak_their_task(recwarn: pytest.WarningsRecorder) -> None:
+    first = _queue()
+    app = _app()
+    second = _queue(app)
+    app.finalize()
+    # Celery shares tasks with every later app unless told not to: the second
+    # app would have run the first queue's task, and warned.
+    assert app.tasks[TASK_NAME].run.__closure__[0].cell_contents is second
+    assert first.attempt_task.app is not app
+    assert not [w for w in recwarn if "Duplicate" in type(w.message).__name__]
 
 
 def test_python_slimta_celeryqueue_methods() -> None:
@@ -189,6 +238,8 @@ def test_default_store_is_on_the_broker_redis() -> None:
     amqp.conf.accept_content = ["json"]
     with pytest.raises(ValueError, match="store="):
         CeleryQueue(amqp, Relay())
+    # A refused queue does not keep its task name: with a store, it is built.
+    assert _queue(amqp).attempt_task.name == TASK_NAME
 
 
 def test_a_message_without_recipients_is_refused_before_storing() -> None:
@@ -231,31 +282,31 @@ class _Memory:
         self.removed = False
         self.next_at = 0.0
         self.taken = False
+        self.renewals: list[tuple[dict[str, str], float, float]] = []
+        self.lost: set[str] = set()
 
-    def acquire(self, id: str, token: str, lease: float, now: float) -> bool:
-        self.calls.append(("acquire", id))
-        return not self.taken
+    def take(self, id: str, token: str, lease: float, now: float) -> Any:
+        self.calls.append(("take", id))
+        if self.removed:
+            raise KeyError(id)
+        if self.taken:
+            return None
+        envelope = self.envelope.copy(list(self.envelope.recipients))
+        return envelope, self.attempts, self.next_at
 
-    def renew(self, *args: Any) -> bool:
-        return True
+    def renew_all(self, leases: dict[str, str], lease: float, now: float) -> list[str]:
+        self.renewals.append((dict(leases), lease, now))
+        return [id for id in leases if id in self.lost]
 
     def release(self, id: str, token: str) -> None:
         self.calls.append(("release", id))
 
-    def read(self, id: str) -> tuple[Envelope, int, float]:
-        if self.removed:
-            raise KeyError(id)
-        return self.envelope.copy(list(self.envelope.recipients)), self.attempts, self.next_at
-
-    def remove(self, id: str) -> None:
-        self.calls.append(("remove", id))
+    def finish(self, id: str, token: str) -> None:
+        self.calls.append(("finish", id))
         self.removed = True
 
-    def forget(self, id: str) -> None:
-        self.calls.append(("forget", id))
-
-    def set_deadline(self, id: str, deadline: float) -> None:
-        self.calls.append(("deadline", id, deadline))
+    def reschedule(self, id: str, token: str, deadline: float, next_attempt: Any) -> None:
+        self.calls.append(("reschedule", id, deadline, next_attempt))
 
     def set_recipients_delivered(self, id: str, indexes: list[int]) -> None:
         self.calls.append(("delivered", list(indexes)))
@@ -267,18 +318,19 @@ class _Memory:
         self.calls.append(("attempts", self.attempts))
         return self.attempts
 
-    def set_timestamp(self, id: str, when: float) -> None:
-        self.calls.append(("timestamp", when))
-
 
 class _Relay(Relay):
     def __init__(self, result: Any) -> None:
         super().__init__()
         self.result = result
         self.seen: list[list[str]] = []
+        self.held: list[dict[str, str]] = []
+        self.queue: CeleryQueue | None = None
 
     def attempt(self, envelope: Envelope, attempts: int) -> Any:
         self.seen.append(list(envelope.recipients))
+        if self.queue is not None:
+            self.held.append(dict(self.queue._held))
         if isinstance(self.result, BaseException):
             raise self.result
         return self.result
@@ -290,12 +342,14 @@ def _run(
     env = Envelope("sender@example.com", rcpts)
     env.parse(b"Subject: x\r\n\r\nbody\r\n")
     bounces: list[Envelope] = []
+    relay = _Relay(result)
     queue = CeleryQueue(
         _app(),
-        _Relay(result),
+        relay,
         backoff=backoff or (lambda envelope, attempts: 30.0),
         store=RedisStorage(port=1, prefix="unit:"),
     )
+    relay.queue = queue
     memory = _Memory(env)
     vars(memory).update(state)
     queue.ledger = memory  # type: ignore[assignment]
@@ -307,14 +361,47 @@ def _run(
         outcome: Any = queue._task_body(task, make_payload(ID))
     except _Retry:
         outcome = "retry"
+    finally:
+        queue.kill()
     return queue, memory, task, bounces, outcome
 
 
-def test_all_delivered_removes() -> None:
-    _, memory, task, bounces, outcome = _run(None, ["a@example.com", "b@example.com"])
+def test_all_delivered_takes_then_finishes() -> None:
+    # Two ledger round trips: take (lease + read), finish (remove + release).
+    queue, memory, task, bounces, outcome = _run(None, ["a@example.com", "b@example.com"])
     assert outcome == "delivered"
-    assert [c[0] for c in memory.calls] == ["acquire", "remove", "release"]
+    assert memory.calls == [("take", ID), ("finish", ID)]
     assert not bounces and not task.retries
+    # The lease was kept alive during the attempt, and let go after it.
+    assert queue.relay.held == [{ID: ANY}]  # type: ignore[attr-defined]
+    assert queue._held == {}
+
+
+def test_one_renewer_keeps_every_held_lease_and_drops_lost_ones(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    queue = _queue(lease=30.0)
+    memory = _Memory(_env())
+    queue.ledger = memory  # type: ignore[assignment]
+    queue._time = lambda: 1000.0
+    other = "f" * 32
+    memory.lost = {other}
+    queue._held = {ID: "t1", other: "t2"}
+    sleeps: list[float] = []
+    after_first: dict[str, str] = {}
+
+    def sleep(seconds: float) -> None:
+        sleeps.append(seconds)
+        if len(sleeps) == 2:
+            after_first.update(queue._held)
+            queue._held.clear()  # the deliveries end: the renewer stops
+
+    monkeypatch.setattr(_delivery.gevent, "sleep", sleep)
+    queue._renew_held()
+    assert sleeps == [10.0, 10.0]
+    # One call (one round trip) for both leases; the lost one is let go.
+    assert memory.renewals == [({ID: "t1", other: "t2"}, 30.0, 1000.0)]
+    assert after_first == {ID: "t1"}
 
 
 def test_partial_250_550_450_records_bounces_then_retries_the_rest() -> None:
@@ -326,22 +413,21 @@ def test_partial_250_550_450_records_bounces_then_retries_the_rest() -> None:
     }
     queue, memory, task, bounces, outcome = _run(result, rcpts)
     assert outcome == "retry"
-    steps = [c for c in memory.calls if c[0] not in ("acquire", "release", "retry")]
-    # Delivered first (index 0), then the bounced one (index 0 of what is left).
-    assert steps == [
+    # Delivered first (index 0), then the bounced one (index 0 of what is left);
+    # the next attempt, the deadline and the lease in one step, before the retry.
+    assert memory.calls == [
+        ("take", ID),
         ("delivered", [0]),
         ("delivered", [0]),
         ("attempts", 1),
-        ("timestamp", 1030.0),
-        ("deadline", ID, 1030.0 + queue.dispatch_timeout),
+        ("reschedule", ID, 1030.0 + queue.dispatch_timeout, 1030.0),
+        ("retry",),
     ]
     assert memory.envelope.recipients == ["temp@example.com"]
     [bounce] = bounces
     assert bounce.recipients == ["sender@example.com"] and bounce.sender in ("", None)
     assert b"5.1.1 No such user" in b"".join(bounce.flatten())
     assert task.retries == [{"args": [make_payload(ID)], "kwargs": {}, "countdown": 30.0}]
-    # The lease is given up before the retry is sent.
-    assert memory.calls.index(("release", ID)) < memory.calls.index(("retry",))
 
 
 def test_backoff_none_bounces_too_many_retries_and_removes() -> None:
@@ -350,7 +436,8 @@ def test_backoff_none_bounces_too_many_retries_and_removes() -> None:
         error, ["a@example.com"], backoff=lambda envelope, attempts: None
     )
     assert outcome == "bounced"
-    assert ("remove", ID) in memory.calls and not task.retries
+    assert memory.calls == [("take", ID), ("attempts", 1), ("finish", ID)]
+    assert not task.retries
     [bounce] = bounces
     assert b"Too many retries" in b"".join(bounce.flatten())
 
@@ -358,7 +445,27 @@ def test_backoff_none_bounces_too_many_retries_and_removes() -> None:
 def test_unexpected_relay_error_is_transient() -> None:
     _, memory, task, bounces, outcome = _run(RuntimeError("boom"), ["a@example.com"])
     assert outcome == "retry" and not bounces
-    assert ("attempts", 1) in memory.calls and ("remove", ID) not in memory.calls
+    assert [c[0] for c in memory.calls] == ["take", "attempts", "reschedule", "retry"]
+
+
+class _FailingFinish(_Memory):
+    def finish(self, id: str, token: str) -> None:
+        self.calls.append(("finish", id))
+        raise QueueError("redis storage: down")
+
+
+def test_a_failed_finish_still_gives_the_lease_up() -> None:
+    env = Envelope("sender@example.com", ["a@example.com"])
+    env.parse(b"Subject: x\r\n\r\nbody\r\n")
+    queue = _queue()
+    memory = _FailingFinish(env)
+    queue.ledger = memory  # type: ignore[assignment]
+    queue.store = memory  # type: ignore[assignment]
+    queue.relay = _Relay(None)
+    assert queue._task_body(_Task(), make_payload(ID)) == "store-error"
+    queue.kill()
+    # Delivered, not recorded: the deadline brings it back (at least once).
+    assert memory.calls == [("take", ID), ("finish", ID), ("release", ID)]
 
 
 @pytest.mark.parametrize("args", [(), ("x",), ({"v": 1, "id": ID}, 2)])
@@ -373,13 +480,13 @@ def test_duplicate_tasks_do_nothing() -> None:
     # Another worker holds the lease.
     queue, memory, task, bounces, outcome = _run(None, ["a@example.com"], taken=True)
     assert outcome == "busy" and queue.relay.seen == []  # type: ignore[attr-defined]
-    assert [c[0] for c in memory.calls] == ["acquire"]
-    # Already delivered and removed.
+    assert memory.calls == [("take", ID)]
+    # Already delivered and removed (take drops its deadline).
     queue, memory, task, bounces, outcome = _run(None, ["a@example.com"], removed=True)
     assert outcome == "gone" and queue.relay.seen == []  # type: ignore[attr-defined]
-    assert ("forget", ID) in memory.calls
-    # Its retry is not due yet: the deadline goes back after the retry time.
+    assert memory.calls == [("take", ID)]
+    # Its retry is not due yet: the deadline goes back after the retry time,
+    # the retry time stays, the lease is given up, in one step.
     queue, memory, task, bounces, outcome = _run(None, ["a@example.com"], next_at=2000.0)
     assert outcome == "early" and queue.relay.seen == []  # type: ignore[attr-defined]
-    assert ("deadline", ID, 2000.0 + queue.dispatch_timeout) in memory.calls
-    assert ("remove", ID) not in memory.calls
+    assert memory.calls == [("take", ID), ("reschedule", ID, 2000.0 + queue.dispatch_timeout, None)]
