@@ -2,6 +2,7 @@
 
     python bench/profile_worker.py reuse20 [--profile 2k] [--count 20000] [--top 25]
         [--tool py-spy|perf] [--py-spy PATH] [--rate 1000] [--raw FILE] [--tree DIR]
+        [--memory-peer]
     python bench/profile_worker.py queue_dict|queue_disk|queue_redis [--relay-pool N] ...
 
 Starts a postfix smtp-sink, runs ``worker_slimta.py`` (slimta-relay; for the
@@ -103,6 +104,9 @@ def main() -> None:
                         "stacks, or perf.data)")
     parser.add_argument("--tree", metavar="DIR",
                         help="import slimta from DIR (e.g. a `git archive` snapshot)")
+    parser.add_argument("--memory-peer", action="store_true",
+                        help="reuse1/reuse20/noreuse20: worker_slimta.py --memory-peer (the "
+                        "relay's own Python work, no sockets)")
     parser.add_argument("--relay-pool", type=int,
                         help="queue scenarios: worker_queue.py --relay-pool N")
     args = parser.parse_args()
@@ -129,6 +133,8 @@ def main() -> None:
         else:
             cmd = [OURS_PY, "worker_slimta.py", args.scenario, "--port", str(port),
                    "--count", str(args.count), "--profile", args.profile]
+            if args.memory_peer:
+                cmd.append("--memory-peer")
         worker = subprocess.Popen(cmd, cwd=HERE, stdout=subprocess.PIPE, text=True,
                                   env=env)
         assert worker.stdout is not None

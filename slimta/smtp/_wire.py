@@ -33,6 +33,7 @@ __all__ = [
     "AddressEncodingError",
     "encode_command",
     "check_address",
+    "is_plain_address",
     "encode_address",
     "check_ehlo_name",
     "xtext_encode",
@@ -133,6 +134,34 @@ class ReplyParser:
         :raises ~slimta.smtp.BadReply: on a malformed, mixed-code, non-UTF-8 or
             oversized reply. The parser is then unusable, like the connection.
         """
+        if self._code is None:
+            # The common case first: a complete one-line reply ("250 text").
+            buf = self.buffer
+            start = self.offset
+            limit = start + MAX_REPLY_LINE_BYTES
+            end = buf.find(b"\n", max(self._scan, start), limit)
+            if end < 0:
+                if len(buf) < limit:  # incomplete, and within every limit
+                    self._scan = len(buf)
+                    return None
+            elif (
+                end >= start + 4
+                and buf[start + 3] == 32  # "ddd text": one line, the last
+                and 49 <= buf[start] <= 53
+                and buf[start + 1] in _DIGITS
+                and buf[start + 2] in _DIGITS
+            ):
+                try:
+                    whole = buf[start : end - 1 if buf[end - 1] == 13 else end].decode("utf-8")
+                except UnicodeDecodeError:
+                    pass  # the general loop reports it
+                else:
+                    self.offset = self._scan = end + 1
+                    return whole[:3], whole[4:]
+            # Anything else (the first of several lines, a bare code, a tab
+            # separator, bad bytes) goes through the general loop, which
+            # reports errors; it finds this LF at once.
+            self._scan = max(end, self._scan)
         while True:
             line_start = self.offset
             line = self.next_line()
@@ -286,6 +315,15 @@ def check_address(address: str) -> tuple[str, str]:
     return local, domain
 
 
+def is_plain_address(address: str) -> bool:
+    """True for a plain ASCII ``local@domain`` that :func:`check_address` accepts.
+
+    One C-level match, for the common case; ``False`` says only that the full
+    check is needed, not that the address is bad.
+    """
+    return _SIMPLE_ADDRESS_RE.match(address) is not None
+
+
 def encode_address(address: str | None, utf8: bool) -> bytes:
     """Check ``address`` and encode it for ``MAIL FROM:<…>``/``RCPT TO:<…>``.
 
@@ -297,6 +335,8 @@ def encode_address(address: str | None, utf8: bool) -> bytes:
     """
     if address is None:
         return b""
+    if type(address) is str and _SIMPLE_ADDRESS_RE.match(address) is not None:
+        return address.encode("ascii")  # plain ASCII that passes every check
     check_address(address)
     if address.isascii():
         return address.encode("ascii")

@@ -193,10 +193,21 @@ class Client:
         io = self.io
         io.flush_send()
         queue = self.reply_queue
+        if not queue:
+            return
+        # What Reply.recv(io) does, with the peer's address looked up once.
+        parser = io.parser
+        next_reply = parser.next_reply
+        address = io.address
         while queue:
             reply = queue.pop(0)
-            reply.recv(io)
-            if reply.is_error():
+            parsed = next_reply()
+            while parsed is None:
+                parser.feed(io.raw_recv())
+                parsed = next_reply()
+            code, text = parsed
+            reply._fill(code, text, address)
+            if code[0] in "45":
                 self.last_error = reply
 
     #: python-slimta's name for :meth:`flush`, kept for code that calls it.
@@ -342,7 +353,9 @@ class Client:
 
     # -- transaction ---------------------------------------------------------
     def _maybe_flush(self) -> None:
-        if not self._pipelined():
+        # Extension names are stored upper-case: a plain dict lookup says the same
+        # as ``"PIPELINING" in self.extensions``.
+        if "PIPELINING" not in self.extensions.extensions:
             self.flush()
 
     def mailfrom(
@@ -364,7 +377,7 @@ class Client:
         :raises AddressError: a hostile or over-long address (nothing is sent).
         :raises AddressEncodingError: non-ASCII without SMTPUTF8 (a ValueError).
         """
-        ext = self.extensions
+        ext = self.extensions.extensions  # upper-case names, as Extensions keeps them
         line = b"MAIL FROM:<" + encode_address(address, "SMTPUTF8" in ext) + b">"
         if data_size is not None and "SIZE" in ext:
             line += b" SIZE=" + str(int(data_size)).encode("ascii")
@@ -376,9 +389,11 @@ class Client:
             line += b" SMTPUTF8"
         if auth is not None and auth is not True and "AUTH" in ext:
             line += b" AUTH=" + (xtext_encode(auth) if auth else b"<>")
-        self._queue(Reply(command=b"MAIL"), line + b"\r\n")
-        reply = self.reply_queue[-1]
-        self._maybe_flush()
+        reply = Reply(command=b"MAIL")
+        self.io.send_buffer += line + b"\r\n"
+        self.reply_queue.append(reply)
+        if "PIPELINING" not in ext:
+            self.flush()
         return reply
 
     def rcptto(self, address: str) -> Reply:
@@ -386,12 +401,15 @@ class Client:
 
         :raises AddressError: see :meth:`mailfrom`.
         """
-        encoded = encode_address(address, "SMTPUTF8" in self.extensions)
+        ext = self.extensions.extensions
+        encoded = encode_address(address, "SMTPUTF8" in ext)
         if not encoded:
             raise AddressError("Empty recipient", address)
         reply = Reply(command=b"RCPT")
-        self._queue(reply, b"RCPT TO:<" + encoded + b">\r\n")
-        self._maybe_flush()
+        self.io.send_buffer += b"RCPT TO:<" + encoded + b">\r\n"
+        self.reply_queue.append(reply)
+        if "PIPELINING" not in ext:
+            self.flush()
         return reply
 
     def data(self) -> Reply:

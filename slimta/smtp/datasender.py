@@ -22,10 +22,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Protocol, Union
 
-__all__ = ["DataSender", "CHUNK_BYTES"]
+__all__ = ["DataSender", "CHUNK_BYTES", "SMALL_BYTES"]
 
 #: The size of the windows the data is processed and written in.
 CHUNK_BYTES = 65536
+#: Clean data up to this size is stuffed and written as one piece (see :meth:`DataSender.whole`).
+SMALL_BYTES = 16384
 
 Buffer = Union[bytes, bytearray, memoryview]
 
@@ -52,9 +54,43 @@ class DataSender:
 
     def send(self, io: _SendIO) -> None:
         """Write the stuffed data and the end marker through ``io.buffered_send``."""
+        whole = self.whole(SMALL_BYTES)
+        if whole is not None:
+            io.buffered_send(whole)
+            return
         buffered_send = io.buffered_send
         for chunk in self._chunks():
             buffered_send(chunk)
+
+    def whole(self, max_bytes: int) -> bytes | None:
+        """The data with its end marker as one ``bytes``, when nothing needs changing.
+
+        The fast path for a small message: ``None`` unless the parts are
+        ``bytes``, total at most ``max_bytes``, and already need no change (every
+        CR and LF in a CRLF pair, no line starting with ``.``). Otherwise use
+        :meth:`send` or iterate.
+        """
+        parts: list[bytes] = []
+        total = 0
+        at_line_start = True
+        for part in self.parts:
+            if type(part) is not bytes:
+                return None
+            parts.append(part)
+            if not part:
+                continue
+            total += len(part)
+            if total > max_bytes:
+                return None
+            lfs = part.count(b"\n")
+            if part.count(b"\r") != lfs or (lfs and part.count(b"\r\n") != lfs):
+                return None
+            if (at_line_start and part[0] == 46) or (lfs and b"\r\n." in part):
+                return None
+            at_line_start = part[-1] == 10
+        marker = b".\r\n" if at_line_start else b"\r\n.\r\n"
+        parts.append(marker)
+        return b"".join(parts)
 
     def _chunks(self) -> Iterator[Buffer]:
         at_line_start = True  # nothing sent yet counts as the start of a line

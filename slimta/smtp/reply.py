@@ -25,6 +25,11 @@ __all__ = [
 _CODE_RE = re.compile(r"^[1-5][0-9][0-9]$")
 _ESC_RE = re.compile(r"^[245]\.[0-9]{1,3}\.[0-9]{1,3}$")
 _ESC_PREFIX_RE = re.compile(r"^([245]\.[0-9]{1,3}\.[0-9]{1,3})\s+")
+#: Received reply texts whose enhanced status code split is remembered, at most.
+_SPLIT_CACHE_ENTRIES = 256
+#: Longer texts are split each time, never remembered.
+_SPLIT_CACHE_TEXT_CHARS = 128
+_SPLIT_CACHE: dict[str, tuple[str | None, str]] = {}
 #: Every valid reply code, so that the common check is one set lookup.
 _CODES = frozenset(f"{a}{b}{c}" for a in "12345" for b in "0123456789" for c in "0123456789")
 
@@ -71,10 +76,11 @@ class Reply:
         self.address = address
         #: Server side only: write a CRLF before the reply (see :data:`timed_out`).
         self.newline_first = False
-        if type(code) is str and code in _CODES:
-            self._code = code  # the common case, without the setter's checks
-        else:
-            self.code = code
+        if code is not None:
+            if type(code) is str and code in _CODES:
+                self._code = code  # the common case, without the setter's checks
+            else:
+                self.code = code
         if message is not None:
             self.message = message
 
@@ -182,6 +188,26 @@ class Reply:
         self.code = code
         self.message = message
         self.address = io.address
+
+    def _fill(self, code: str, text: str, address: Any) -> None:
+        # What recv() does, for a code the reply parser already checked: the
+        # text is split as the message setter splits it, through a small cache
+        # (servers repeat the same few texts).
+        self._code = code
+        split = _SPLIT_CACHE.get(text)
+        if split is None:
+            match = _ESC_PREFIX_RE.match(text) if text[1:2] == "." else None
+            split = (None, text) if match is None else (match.group(1), text[match.end() :])
+            if len(text) <= _SPLIT_CACHE_TEXT_CHARS:
+                if len(_SPLIT_CACHE) >= _SPLIT_CACHE_ENTRIES:
+                    _SPLIT_CACHE.clear()
+                _SPLIT_CACHE[text] = split
+        esc, self._message = split
+        if esc is not None:
+            self._esc = esc
+        elif self._esc is not False:
+            self._esc = None
+        self.address = address
 
     def send(self, io: _ReplyIO, flush: bool = False) -> None:
         """Server side: write this reply to ``io``.

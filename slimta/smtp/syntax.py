@@ -25,6 +25,7 @@ from slimta.smtp._wire import (
     check_address,
     check_ehlo_name,
     encode_address,
+    is_plain_address,
 )
 
 __all__ = [
@@ -36,6 +37,7 @@ __all__ = [
     "check_address",
     "encode_address",
     "check_ehlo_name",
+    "is_plain_address",
 ]
 
 #: The longest local part, in octets (RFC 5321 section 4.5.3.1.1).

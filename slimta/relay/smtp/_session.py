@@ -25,16 +25,16 @@ from slimta.relay._replies import misconfigured
 from slimta.relay.smtp import SmtpRelayError
 from slimta.relay.smtp._connect import Address, SocketCreator, local_fqdn
 from slimta.relay.smtp._failures import Abort, TlsFailure, reply_for_exception, server_error
-from slimta.smtp._wire import check_ehlo_name
 from slimta.smtp.client import Client, LmtpClient, WireTrace
 from slimta.smtp.reply import Reply
+from slimta.smtp.syntax import check_ehlo_name
 
 if TYPE_CHECKING:
     from gevent import socket
 
     from slimta.relay._timeouts import Timeouts
 
-__all__ = ["Credentials", "Owner", "Session"]
+__all__ = ["Credentials", "Owner", "Session", "StageTimer"]
 
 Credentials = Union[Iterable[str], Callable[[], Iterable[str]]]
 
@@ -65,6 +65,32 @@ class Owner(Protocol):
     client: Client | None
 
 
+class StageTimer:
+    """A :class:`gevent.Timeout` restarted each time a stage is entered.
+
+    Creating a timeout costs a new native timer; a session enters a stage or
+    more per message, so it keeps one of these per distinct number of seconds.
+    ``with`` starts it, and cancels it (without closing it) on exit; what the
+    ``with`` binds is the :class:`gevent.Timeout`, which is also what is raised
+    when it expires.
+
+    :param seconds: the bound; ``None`` never expires.
+    """
+
+    __slots__ = ("timeout",)
+
+    def __init__(self, seconds: float | None) -> None:
+        self.timeout = gevent.Timeout(seconds)
+
+    def __enter__(self) -> gevent.Timeout:
+        timeout = self.timeout
+        timeout.start()
+        return timeout
+
+    def __exit__(self, *exc: object) -> None:
+        self.timeout.cancel()
+
+
 class _ClearTextRetry(Exception):
     """An opportunistic STARTTLS handshake failed: connect again, in clear."""
 
@@ -92,18 +118,26 @@ class Session:
         self.auth_param = True
         #: Set once an opportunistic STARTTLS handshake failed: no more STARTTLS.
         self.clear_text_only = False
+        self._timers: dict[float | None, StageTimer] = {}
 
     # -- stages --------------------------------------------------------------------
-    def stage(self, name: bytes, timeout: float | None) -> gevent.Timeout:
+    def stage(self, name: bytes, timeout: float | None) -> StageTimer | gevent.Timeout:
         """Enter the stage ``name``, bounded by ``timeout`` seconds.
 
         Use it as ``with session.stage(b'MAIL', timeouts.command):``. The name
         becomes the owner's ``current_command``, which a failure's reply names
         (and by which the MX relay tells a failure before the transaction from
         one inside it); the timeout starts on entry and is cancelled on exit.
+        The session keeps one reusable timer per distinct ``timeout``; a stage
+        entered inside another with the same value gets a fresh one.
         """
         self.owner.current_command = name
-        return gevent.Timeout(timeout)
+        timer = self._timers.get(timeout)
+        if timer is None:
+            timer = self._timers[timeout] = StageTimer(timeout)
+        elif timer.timeout.pending:
+            return gevent.Timeout(timeout)
+        return timer
 
     @property
     def command_timeout(self) -> float | None:
@@ -321,6 +355,9 @@ class Session:
         """
         client, sock = self.client, self.socket
         self.client = self.socket = self.owner.client = self.owner.socket = None
+        timers, self._timers = self._timers, {}
+        for timer in timers.values():
+            timer.timeout.close()  # frees the native timer
         closed = False
         try:
             if client is not None and self.usable:

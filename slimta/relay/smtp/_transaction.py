@@ -159,8 +159,12 @@ class Transaction:
         with session.stage(b"[SEND_DATA]", self.owner.timeouts.data_phase):
             if isinstance(client, LmtpClient):
                 outcomes.update(self._finish_lmtp(client, plan, accepted))
-            else:
+            elif outcomes:
                 outcomes.update(self._finish(plan, accepted))
+            else:
+                # Every recipient was sent and accepted: the final reply's
+                # outcomes are already in envelope order.
+                return self._finish(plan, accepted)
         return in_envelope_order(plan.order, outcomes)
 
     # -- plan ----------------------------------------------------------------------
@@ -225,7 +229,7 @@ class Transaction:
             self.client.send_empty_data()
 
     # -- finish --------------------------------------------------------------------
-    def _finish(self, plan: Plan, accepted: list[str]) -> Mapping[str, RcptOutcome]:
+    def _finish(self, plan: Plan, accepted: list[str]) -> dict[str, RcptOutcome]:
         """Send the data and read the final reply: one outcome per accepted recipient.
 
         Runs inside the data timeout. Raises a RelayError when the whole message
@@ -295,7 +299,7 @@ class Transaction:
         written here.
         """
         session, client, owner = self.session, self.client, self.owner
-        if not self.chain or not session.usable or "PIPELINING" not in client.extensions:
+        if not self.chain or not session.usable or "PIPELINING" not in client.extensions.extensions:
             return None
         result, envelope = owner.poll_nowait()
         if result is None or envelope is None:
