@@ -1,7 +1,7 @@
 """Where the edge server's CPU goes: py-spy on ``worker_edge.py`` while smtp-source sends.
 
     python bench/profile_edge.py [--sessions 20] [--count 4000] [--top 25]
-        [--server slimta|aiosmtpd] [--py-spy PATH] [--syscalls] [--ptr-cache-size N]
+        [--server slimta|aiosmtpd] [--py-spy PATH] [--syscalls] [--gil] [--ptr-cache-size N]
 
 Starts bench/dns_server.py (for the PTR lookups) and the edge server (slimta-relay's
 ``SmtpEdge -> Queue(DictStorage) -> BlackholeRelay``, or aiosmtpd), attaches py-spy
@@ -11,6 +11,9 @@ tables as bench/profile_worker.py.
 
 ``--syscalls`` attaches ``strace -c -f`` instead of py-spy and prints the system
 calls per message (strace slows the server down: read the counts, not the rate).
+``--gil`` passes py-spy's ``--gil``: only samples taken while the interpreter holds
+the GIL count, so time inside ``send``/``recv`` and time the process sat preempted
+(on a loaded machine py-spy's wall-clock samples put ~60% in ``send``) drop out.
 ``--ptr-cache-size 0`` runs slimta-relay without its PTR cache (see worker_edge.py).
 """
 
@@ -72,6 +75,9 @@ def main() -> None:
                         help="count system calls with strace instead of sampling with py-spy")
     parser.add_argument("--ptr-cache-size", type=int,
                         help="slimta-relay's PTR cache size (0: a lookup per session)")
+    parser.add_argument("--gil", action="store_true",
+                        help="py-spy samples only while the interpreter holds the GIL: Python"
+                        " CPU time, without system calls or time the process was preempted")
     args = parser.parse_args()
     tmp = tempfile.mkdtemp(prefix="slimta-prof-edge-")
     os.chmod(tmp, 0o755)
@@ -95,6 +101,8 @@ def main() -> None:
         else:
             tracer = [args.py_spy, "record", "--nonblocking", "-r", str(args.rate), "-f", "raw",
                       "--full-filenames", "-o", out, "--pid", str(server.pid)]
+            if args.gil:
+                tracer.append("--gil")
         prof = subprocess.Popen(tracer, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(1.0)
         user0, sys0 = cpu_split(server.pid)

@@ -129,8 +129,11 @@ def _field_item(policy: Policy, lines: list[bytes]) -> tuple[str, Any]:
 
 # One field of a CRLF-only block: its first line and any continuation lines.
 _FIELD_RE = re.compile(rb"[^\r\n]*\r\n(?:[ \t][^\r\n]*\r\n)*")
-# A first line that is plainly a field: a non-empty name and a colon.
-_FIELD_START_RE = re.compile(rb"[\x21-\x39\x3b-\x7e]+:")
+# A field of a CRLF-only block, as text at a line start: its name, and its value
+# without the blanks after the colon and without the final CRLF.
+_NAMED_FIELD_RE = re.compile(
+    r"^([\x21-\x39\x3b-\x7e]+):[ \t]*([^\r\n]*(?:\r\n[ \t][^\r\n]*)*)\r\n", re.M
+)
 
 
 def _read_crlf_fields(
@@ -140,7 +143,10 @@ def _read_crlf_fields(
 
     Returns ``None`` for anything else, which :func:`read_block` then reads
     line by line. The items are what ``policy.header_source_parse`` makes of
-    each field's lines.
+    each field's lines. Two passes of the regex engine and no Python loop per
+    field: one splits the raw bytes into fields, the other reads each field's
+    name and value from the decoded text (ASCII with surrogate escapes maps
+    each byte to one character, so both see the same lines).
     """
     if not head.endswith(b"\r\n"):
         return None
@@ -148,13 +154,14 @@ def _read_crlf_fields(
     if head.count(b"\r") != crlf or head.count(b"\n") != crlf:
         return None
     raws = _FIELD_RE.findall(head)
-    items: list[tuple[str, str]] = []
-    start = _FIELD_START_RE.match
-    for raw in raws:
-        if start(raw) is None:
-            return None
-        name, value = raw.decode("ascii", "surrogateescape").split(":", 1)
-        items.append((name, value.lstrip(" \t")[:-2]))
+    # Every match of _NAMED_FIELD_RE starts a field of ``raws`` (a line start
+    # that is not one begins with a blank, which no name does) and ends where
+    # that field ends; so equal counts mean every field has a name.
+    items: list[tuple[str, str]] = _NAMED_FIELD_RE.findall(
+        head.decode("ascii", "surrogateescape")
+    )
+    if len(items) != len(raws):
+        return None
     message: Message = policy.message_factory(policy=policy)  # type: ignore[misc]
     message._headers = items  # type: ignore[attr-defined]
     return message, list(items), raws
