@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import gevent
@@ -25,7 +25,9 @@ from slimta.queue.outcome import (
     classify,
     default_backoff,
     group_by_reply,
+    group_indexes,
     is_null_sender,
+    too_many_retries,
     unhandled_reply,
 )
 from slimta.redisstorage import RedisStorage
@@ -200,7 +202,7 @@ class DeliveryTask:
         position = {index: n for n, index in enumerate(left)}
         transient = list(outcome.transient)
         bounced: list[int] = []
-        for reply, indexes in _group_indexes(outcome.permanent):
+        for reply, indexes in group_indexes(outcome.permanent):
             if self._bounce(envelope.copy([recipients[i] for i in indexes]), reply):
                 bounced.extend(indexes)
             else:
@@ -215,7 +217,7 @@ class DeliveryTask:
         attempts = self.store.increment_attempts(id)
         wait = self._backoff(id, remaining, attempts)
         if wait is None:
-            failed = [(recipients[i], _too_many_retries(reply)) for i, reply in transient]
+            failed = [(recipients[i], too_many_retries(reply)) for i, reply in transient]
             for reply, rcpts in group_by_reply(failed):
                 self._bounce(envelope.copy(rcpts), reply)
             self._finish(lease)
@@ -268,17 +270,3 @@ class _Lease:
 
 def _task_id(task: Any) -> str:
     return str(getattr(getattr(task, "request", None), "id", None))
-
-
-def _group_indexes(pairs: Sequence[tuple[int, Reply]]) -> list[tuple[Reply, list[int]]]:
-    return [
-        (reply, [int(i) for i in ids])
-        for reply, ids in group_by_reply([(str(index), reply) for index, reply in pairs])
-    ]
-
-
-def _too_many_retries(reply: Reply) -> Reply:
-    text = reply.message or ""
-    new = Reply(reply.code or "450", f"{text} (Too many retries)".strip(), reply.command)
-    new.address = reply.address
-    return new

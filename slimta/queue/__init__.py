@@ -41,7 +41,9 @@ from .outcome import (
     classify,
     default_backoff,
     group_by_reply,
+    group_indexes,
     is_null_sender,
+    too_many_retries,
     unhandled_reply,
 )
 
@@ -619,7 +621,7 @@ class Queue(Greenlet):
         # leaves its recipients to be retried (and bounced again) later.
         transient = list(outcome.transient)
         bounced: list[int] = []
-        for reply, indexes in _group_indexes(outcome.permanent):
+        for reply, indexes in group_indexes(outcome.permanent):
             if self._bounce(envelope.copy([recipients[i] for i in indexes]), reply):
                 bounced.extend(indexes)
             else:
@@ -712,7 +714,7 @@ class Queue(Greenlet):
             log_exception(__name__, queue_id=id)
             wait = default_backoff(remaining, attempts, now=self._time())
         if wait is None:
-            failed = [(recipients[i], _too_many_retries(reply)) for i, reply in transient]
+            failed = [(recipients[i], too_many_retries(reply)) for i, reply in transient]
             for reply, rcpts in group_by_reply(failed):
                 self._bounce(envelope.copy(rcpts), reply)
             self._remove(id)
@@ -764,21 +766,6 @@ class Queue(Greenlet):
                 _log.error("bounce to %r not queued: %s", envelope.sender, result)
                 queued = False
         return queued
-
-
-def _group_indexes(pairs: Sequence[tuple[int, Reply]]) -> list[tuple[Reply, list[int]]]:
-    """Group recipient indexes that failed with equal replies, in first-seen order."""
-    return [
-        (reply, [int(i) for i in ids])
-        for reply, ids in group_by_reply([(str(index), reply) for index, reply in pairs])
-    ]
-
-
-def _too_many_retries(reply: Reply) -> Reply:
-    text = reply.message or ""
-    new = Reply(reply.code or "450", f"{text} (Too many retries)".strip(), reply.command)
-    new.address = reply.address
-    return new
 
 
 def _attempt_limit(relay_pool: Pool | None, relay: Relay | None) -> int | None:

@@ -35,7 +35,9 @@ __all__ = [
     "classify",
     "default_backoff",
     "group_by_reply",
+    "group_indexes",
     "is_null_sender",
+    "too_many_retries",
     "unhandled_reply",
 ]
 
@@ -234,3 +236,31 @@ def group_by_reply(pairs: Sequence[tuple[str, Reply]]) -> list[tuple[Reply, list
         else:
             groups.append((reply, [rcpt]))
     return groups
+
+
+def group_indexes(pairs: Sequence[tuple[int, Reply]]) -> list[tuple[Reply, list[int]]]:
+    """Group recipient indexes that failed with equal replies, in first-seen order.
+
+    The index form of :func:`group_by_reply`: one bounce per distinct reply.
+    """
+    groups: list[tuple[Reply, list[int]]] = []
+    for index, reply in pairs:
+        for seen, indexes in groups:
+            if seen == reply:
+                indexes.append(index)
+                break
+        else:
+            groups.append((reply, [index]))
+    return groups
+
+
+def too_many_retries(reply: Reply) -> Reply:
+    """The reply a bounce gives for a recipient whose retries ran out.
+
+    The last transient reply, with ``(Too many retries)`` added to its text;
+    the code (``450`` when the reply had none), command and address are kept.
+    """
+    text = reply.message or ""
+    new = Reply(reply.code or "450", f"{text} (Too many retries)".strip(), reply.command)
+    new.address = reply.address
+    return new
