@@ -22,10 +22,10 @@ from slimta.queue import QueueError
 from slimta.queue.outcome import (
     Outcome,
     bounce_address,
+    bounce_permanent,
     classify,
     default_backoff,
     group_by_reply,
-    group_indexes,
     is_null_sender,
     too_many_retries,
     unhandled_reply,
@@ -200,13 +200,7 @@ class DeliveryTask:
             self.store.set_recipients_delivered(id, sorted(delivered))
         left = [i for i in range(len(recipients)) if i not in delivered]
         position = {index: n for n, index in enumerate(left)}
-        transient = list(outcome.transient)
-        bounced: list[int] = []
-        for reply, indexes in group_indexes(outcome.permanent):
-            if self._bounce(envelope.copy([recipients[i] for i in indexes]), reply):
-                bounced.extend(indexes)
-            else:
-                transient.extend((i, reply) for i in indexes)
+        bounced, transient = bounce_permanent(outcome, recipients, envelope, self._bounce)
         if not transient:
             self._finish(lease)
             return "bounced" if bounced else "delivered"

@@ -38,10 +38,10 @@ from .outcome import (
     Outcome,
     all_delivered,
     bounce_address,
+    bounce_permanent,
     classify,
     default_backoff,
     group_by_reply,
-    group_indexes,
     is_null_sender,
     too_many_retries,
     unhandled_reply,
@@ -619,13 +619,7 @@ class Queue(Greenlet):
         # enqueue() has returned, the bounce is stored, so a crash at any point
         # can repeat a bounce but never lose one. A bounce that cannot be queued
         # leaves its recipients to be retried (and bounced again) later.
-        transient = list(outcome.transient)
-        bounced: list[int] = []
-        for reply, indexes in group_indexes(outcome.permanent):
-            if self._bounce(envelope.copy([recipients[i] for i in indexes]), reply):
-                bounced.extend(indexes)
-            else:
-                transient.extend((i, reply) for i in indexes)
+        bounced, transient = bounce_permanent(outcome, recipients, envelope, self._bounce)
         if not transient:
             self._remove(id)
             return

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,6 +37,7 @@ __all__ = [
     "group_by_reply",
     "group_indexes",
     "is_null_sender",
+    "bounce_permanent",
     "too_many_retries",
     "unhandled_reply",
 ]
@@ -264,3 +265,27 @@ def too_many_retries(reply: Reply) -> Reply:
     new = Reply(reply.code or "450", f"{text} (Too many retries)".strip(), reply.command)
     new.address = reply.address
     return new
+
+
+def bounce_permanent(
+    outcome: Outcome,
+    recipients: Sequence[str],
+    envelope: Any,
+    bounce: Callable[[Any, Reply], bool],
+) -> tuple[list[int], list[tuple[int, Reply]]]:
+    """Bounce the permanent failures of ``outcome``, one bounce per distinct reply.
+
+    ``bounce(copy, reply)`` queues the bounce for ``copy`` (``envelope`` for
+    that group's recipients) and says whether it was queued. Returns the
+    indexes bounced, and the transient failures together with the permanent
+    ones whose bounce could not be queued: those are retried, and bounced again
+    later, so a bounce is never lost.
+    """
+    transient = list(outcome.transient)
+    bounced: list[int] = []
+    for reply, indexes in group_indexes(outcome.permanent):
+        if bounce(envelope.copy([recipients[i] for i in indexes]), reply):
+            bounced.extend(indexes)
+        else:
+            transient.extend((i, reply) for i in indexes)
+    return bounced, transient

@@ -12,7 +12,7 @@ import re
 
 from slimta.relay import TransientRelayError
 from slimta.smtp.reply import Reply
-from slimta.smtp.syntax import AddressError, check_address
+from slimta.smtp.syntax import AddressError, check_address, is_plain_address
 
 __all__ = [
     "MAX_DETAIL_CHARS",
@@ -74,6 +74,8 @@ def address_refusal(
     :param command: ``b'MAIL'`` or ``b'RCPT'``, named by the reply.
     :param utf8_ok: whether the server takes non-ASCII addresses (SMTPUTF8).
     """
+    if type(address) is str and is_plain_address(address):
+        return None  # plain ASCII local@domain: passes every check below
     try:
         check_address(address)
     except AddressError as exc:

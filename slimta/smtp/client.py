@@ -193,28 +193,19 @@ class Client:
         io = self.io
         io.flush_send()
         queue = self.reply_queue
-        if not queue:
-            return
-        # What Reply.recv(io) does, with the peer's address looked up once.
-        parser = io.parser
-        next_reply = parser.next_reply
-        address = io.address
         while queue:
             reply = queue.pop(0)
-            parsed = next_reply()
-            while parsed is None:
-                parser.feed(io.raw_recv())
-                parsed = next_reply()
-            code, text = parsed
-            reply._fill(code, text, address)
-            if code[0] in "45":
+            reply.recv(io)
+            if reply.is_error():
                 self.last_error = reply
 
     #: python-slimta's name for :meth:`flush`, kept for code that calls it.
     _flush_pipeline = flush
 
     def _pipelined(self) -> bool:
-        return "PIPELINING" in self.extensions
+        # Extension names are stored upper-case: a plain dict lookup says the
+        # same as ``"PIPELINING" in self.extensions``, without the method call.
+        return "PIPELINING" in self.extensions.extensions
 
     def _command(self, command: bytes, line: bytes, suppress_esc: bool = False) -> Reply:
         reply = Reply(command=command)
@@ -353,9 +344,7 @@ class Client:
 
     # -- transaction ---------------------------------------------------------
     def _maybe_flush(self) -> None:
-        # Extension names are stored upper-case: a plain dict lookup says the same
-        # as ``"PIPELINING" in self.extensions``.
-        if "PIPELINING" not in self.extensions.extensions:
+        if not self._pipelined():
             self.flush()
 
     def mailfrom(
@@ -390,10 +379,8 @@ class Client:
         if auth is not None and auth is not True and "AUTH" in ext:
             line += b" AUTH=" + (xtext_encode(auth) if auth else b"<>")
         reply = Reply(command=b"MAIL")
-        self.io.send_buffer += line + b"\r\n"
-        self.reply_queue.append(reply)
-        if "PIPELINING" not in ext:
-            self.flush()
+        self._queue(reply, line + b"\r\n")
+        self._maybe_flush()
         return reply
 
     def rcptto(self, address: str) -> Reply:
@@ -406,10 +393,8 @@ class Client:
         if not encoded:
             raise AddressError("Empty recipient", address)
         reply = Reply(command=b"RCPT")
-        self.io.send_buffer += b"RCPT TO:<" + encoded + b">\r\n"
-        self.reply_queue.append(reply)
-        if "PIPELINING" not in ext:
-            self.flush()
+        self._queue(reply, b"RCPT TO:<" + encoded + b">\r\n")
+        self._maybe_flush()
         return reply
 
     def data(self) -> Reply:

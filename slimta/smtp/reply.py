@@ -25,11 +25,11 @@ __all__ = [
 _CODE_RE = re.compile(r"^[1-5][0-9][0-9]$")
 _ESC_RE = re.compile(r"^[245]\.[0-9]{1,3}\.[0-9]{1,3}$")
 _ESC_PREFIX_RE = re.compile(r"^([245]\.[0-9]{1,3}\.[0-9]{1,3})\s+")
-#: Received reply texts whose enhanced status code split is remembered, at most.
+#: Reply texts whose enhanced status code split is remembered (servers repeat a
+#: few texts), at most; longer texts are split each time.
 _SPLIT_CACHE_ENTRIES = 256
-#: Longer texts are split each time, never remembered.
 _SPLIT_CACHE_TEXT_CHARS = 128
-_SPLIT_CACHE: dict[str, tuple[str | None, str]] = {}
+_split_cache: dict[str, tuple[str | None, str]] = {}
 #: Every valid reply code, so that the common check is one set lookup.
 _CODES = frozenset(f"{a}{b}{c}" for a in "12345" for b in "0123456789" for c in "0123456789")
 
@@ -45,6 +45,20 @@ class _ReplyIO(Protocol):  # what recv/send need from an IO object
     def buffered_send(self, data: bytes) -> None: ...
 
     def flush_send(self) -> None: ...
+
+
+def _split_esc(text: str) -> tuple[str | None, str]:
+    """``(enhanced status code or None, the rest)`` of a reply text."""
+    split = _split_cache.get(text)
+    if split is None:
+        # Only text starting "<2|4|5>." can carry an enhanced status code.
+        match = _ESC_PREFIX_RE.match(text) if text[1:2] == "." else None
+        split = (None, text) if match is None else (match.group(1), text[match.end() :])
+        if len(text) <= _SPLIT_CACHE_TEXT_CHARS:
+            if len(_split_cache) >= _SPLIT_CACHE_ENTRIES:
+                _split_cache.clear()
+            _split_cache[text] = split
+    return split
 
 
 class Reply:
@@ -145,15 +159,11 @@ class Reply:
             if self._esc is not False:
                 self._esc = None
             return
-        # Only text starting "<2|4|5>." can carry an enhanced status code.
-        match = _ESC_PREFIX_RE.match(value) if value[1:2] == "." else None
-        if match:
-            self._esc = match.group(1)
-            self._message = value[match.end() :]
-        else:
-            if self._esc is not False:
-                self._esc = None
-            self._message = value
+        esc, self._message = _split_esc(value)
+        if esc is not None:
+            self._esc = esc
+        elif self._esc is not False:
+            self._esc = None
 
     @property
     def raw_message(self) -> str | None:
@@ -188,26 +198,6 @@ class Reply:
         self.code = code
         self.message = message
         self.address = io.address
-
-    def _fill(self, code: str, text: str, address: Any) -> None:
-        # What recv() does, for a code the reply parser already checked: the
-        # text is split as the message setter splits it, through a small cache
-        # (servers repeat the same few texts).
-        self._code = code
-        split = _SPLIT_CACHE.get(text)
-        if split is None:
-            match = _ESC_PREFIX_RE.match(text) if text[1:2] == "." else None
-            split = (None, text) if match is None else (match.group(1), text[match.end() :])
-            if len(text) <= _SPLIT_CACHE_TEXT_CHARS:
-                if len(_SPLIT_CACHE) >= _SPLIT_CACHE_ENTRIES:
-                    _SPLIT_CACHE.clear()
-                _SPLIT_CACHE[text] = split
-        esc, self._message = split
-        if esc is not None:
-            self._esc = esc
-        elif self._esc is not False:
-            self._esc = None
-        self.address = address
 
     def send(self, io: _ReplyIO, flush: bool = False) -> None:
         """Server side: write this reply to ``io``.

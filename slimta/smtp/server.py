@@ -60,6 +60,7 @@ from slimta.smtp.reply import (
     unknown_command,
     unknown_parameter,
 )
+from slimta.util.timer import SessionTimers
 
 __all__ = ["Server", "DEFAULT_COMMAND_TIMEOUT", "DEFAULT_DATA_TIMEOUT"]
 
@@ -153,7 +154,7 @@ class Server:
         self.errors = 0
         #: Whether the client greeted with EHLO (not HELO).
         self.extended_smtp = False
-        self._timers: dict[str, Timeout] = {}
+        self._timers = SessionTimers(_SessionTimeout)
 
         self.context = context
         self.tls_immediately = tls_immediately
@@ -198,38 +199,15 @@ class Server:
             secret = self.input.partial_line_may_be_auth()
         self.input.feed(io.recv_masked(secret))
 
-    def _timer(self, which: str, seconds: float) -> Timeout:
-        """This session's reusable :class:`gevent.Timeout` ``which``, for ``seconds``.
-
-        One timer per session and kind, started and cancelled around each wait,
-        instead of a new Timeout (and libev watcher) per command.
-        """
-        timer: Timeout | None = self._timers.get(which)
-        if timer is None or timer.seconds != seconds:
-            if timer is not None:
-                timer.close()
-            timer = Timeout(seconds, _SessionTimeout)
-            self._timers[which] = timer
-        return timer
-
-    def _close_timers(self) -> None:
-        timers, self._timers = self._timers, {}
-        for timer in timers.values():
-            timer.close()
-
     def _recv_command(self) -> tuple[bytes, bytes | None] | Reply:
         command = self.input.next_command()
         if command is None:
             # The timeout runs only while the server waits for the client: a
             # pipelined command already buffered costs no timer at all.
-            timer = self._timer("command", self.command_timeout)
-            timer.start()
-            try:
+            with self._timers.bound(self.command_timeout):
                 while command is None:
                     self._recv_into_input()
                     command = self.input.next_command()
-            finally:
-                timer.cancel()
         if isinstance(command, LineError):
             return command.reply
         return command.verb, command.arg
@@ -278,7 +256,7 @@ class Server:
         try:
             self._handle()
         finally:
-            self._close_timers()
+            self._timers.close()
 
     def _handle(self) -> None:
         if self.context is not None and self.tls_immediately:
@@ -568,13 +546,9 @@ class Server:
         if pending:
             decoder.feed(pending)
         if not decoder.done:
-            timer = self._timer("data", self.data_timeout)
-            timer.start()
-            try:
+            with self._timers.bound(self.data_timeout):
                 while not decoder.done:
                     decoder.feed(self.io.recv_masked())
-            finally:
-                timer.cancel()
         self.input.feed(decoder.leftover)
         data: bytes | None = None
         err: Exception | None = None

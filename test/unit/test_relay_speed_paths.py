@@ -15,10 +15,9 @@ import pytest
 from support.envelopes import make_envelope
 from support.util import GUARD_SECONDS
 
-from slimta.relay.smtp._session import Session, StageTimer
+from slimta.relay.smtp._session import Session
 from slimta.relay.smtp.static import StaticSmtpRelay
 from slimta.smtp import BadReply
-from slimta.smtp import reply as reply_module
 from slimta.smtp._wire import (
     AddressError,
     ReplyParser,
@@ -29,6 +28,7 @@ from slimta.smtp._wire import (
 from slimta.smtp.client import Client
 from slimta.smtp.datasender import DataSender
 from slimta.smtp.reply import Reply
+from slimta.util.timer import Bound
 
 # -- one-line replies -----------------------------------------------------------
 
@@ -111,42 +111,33 @@ def test_an_overlong_line_is_refused_without_a_line_end() -> None:
         parser.next_reply()
 
 
-# -- filling a reply --------------------------------------------------------------
+# -- splitting reply texts ---------------------------------------------------------
 
 
 @pytest.mark.parametrize(
     "text",
     ["2.1.5 Ok", "Ok", "", "5.7.1  two spaces", "2.0.0", "4.x.y not a code", "x" * 300],
 )
-@pytest.mark.parametrize("suppress", [False, True])
-def test_fill_splits_as_the_message_setter_does(text: str, suppress: bool) -> None:
-    expected = Reply(command=b"RCPT")
-    filled = Reply(command=b"RCPT")
-    if suppress:
-        expected.enhanced_status_code = False
-        filled.enhanced_status_code = False
-    expected.code = "250"
-    expected.message = text
-    filled._fill("250", text, ("mx", 25))
+def test_a_remembered_split_is_the_split(text: str) -> None:
+    from slimta.smtp import reply as reply_module
+
+    match = reply_module._ESC_PREFIX_RE.match(text)
+    expected = (None, text) if match is None else (match.group(1), text[match.end() :])
     for _ in range(2):  # the second time from the cache, when the text is short
-        assert (filled.code, filled.message, filled.raw_message) == (
-            expected.code, expected.message, expected.raw_message)
-        assert filled.enhanced_status_code == expected.enhanced_status_code
-        assert filled.address == ("mx", 25)
-        filled = Reply(command=b"RCPT")
-        if suppress:
-            filled.enhanced_status_code = False
-        filled._fill("250", text, ("mx", 25))
+        reply = Reply("250", text)
+        assert (reply._esc, reply.raw_message) == expected
 
 
 def test_the_split_cache_stays_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    from slimta.smtp import reply as reply_module
+
     cache: dict[str, Any] = {}
-    monkeypatch.setattr(reply_module, "_SPLIT_CACHE", cache)
+    monkeypatch.setattr(reply_module, "_split_cache", cache)
     for i in range(reply_module._SPLIT_CACHE_ENTRIES * 3):
-        Reply()._fill("250", f"2.0.0 Ok: queued as {i}", None)
+        Reply("250", f"2.0.0 Ok: queued as {i}")
         assert len(cache) <= reply_module._SPLIT_CACHE_ENTRIES
-    Reply()._fill("250", "2.0.0 " + "x" * 500, None)
-    assert not any(len(text) > 128 for text in cache)
+    Reply("250", "2.0.0 " + "x" * 500)
+    assert not any(len(text) > reply_module._SPLIT_CACHE_TEXT_CHARS for text in cache)
 
 
 # -- plain addresses --------------------------------------------------------------
@@ -236,7 +227,7 @@ class _Owner:
 def test_a_stage_timer_is_reused_and_still_fires() -> None:
     session = Session(_Owner(), Client)  # type: ignore[arg-type]
     first = session.stage(b"MAIL", 0.01)
-    assert isinstance(first, StageTimer)
+    assert isinstance(first, Bound)
     with first:
         pass
     assert session.stage(b"RCPT", 0.01) is first
@@ -260,13 +251,13 @@ def test_a_nested_stage_gets_its_own_timer() -> None:
             with pytest.raises(gevent.Timeout):
                 with session.stage(b"RSET", 0.01), session.stage(b"QUIT", 0.01):
                     gevent.sleep(1)
-    assert isinstance(outer, StageTimer) and not outer.timeout.pending
+    assert isinstance(outer, Bound) and not outer.timeout.pending
 
 
 def test_closing_the_session_frees_its_timers() -> None:
     session = Session(_Owner(), Client)  # type: ignore[arg-type]
     timer = session.stage(b"MAIL", 5.0)
-    assert isinstance(timer, StageTimer)
+    assert isinstance(timer, Bound)
     session.close()
     assert session.stage(b"MAIL", 5.0) is not timer
 

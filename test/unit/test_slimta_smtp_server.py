@@ -218,7 +218,7 @@ def test_timeouts_are_not_rebuilt_per_command(
     session: SessionFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """One command timer and one data timer per session, however many commands."""
-    import slimta.smtp.server as server_module
+    import slimta.util.timer as timer_module
 
     made: list[Any] = []
 
@@ -227,7 +227,7 @@ def test_timeouts_are_not_rebuilt_per_command(
             super().__init__(*args, **kwargs)
             made.append(self)
 
-    monkeypatch.setattr(server_module, "Timeout", CountingTimeout)
+    monkeypatch.setattr(timer_module, "Timeout", CountingTimeout)
     s = session()
     s.wire.send(b"EHLO c.test\r\n")
     assert s.wire.codes(2) == ["220", "250"]

@@ -18,7 +18,6 @@ from slimta.relay._replies import address_refusal, no_valid_recipients
 from slimta.relay.smtp import SmtpPermanentRelayError, SmtpRelayError, SmtpTransientRelayError
 from slimta.smtp.extensions import Extensions
 from slimta.smtp.reply import Reply
-from slimta.smtp.syntax import is_plain_address
 
 if TYPE_CHECKING:
     from email.message import Message
@@ -58,20 +57,14 @@ def plan_transaction(
         (501 5.1.7, 553 5.6.7), no sendable recipient, over SIZE (552 5.3.4), or
         8-bit content that cannot be converted (554 5.6.3).
     """
-    names = extensions.extensions  # upper-case, as Extensions keeps them: plain lookups
-    utf8_ok = "SMTPUTF8" in names
+    utf8_ok = "SMTPUTF8" in extensions
     sender = envelope.sender or ""
-    # A plain ASCII address passes every check: one match decides it.
-    if type(sender) is not str or not is_plain_address(sender):
-        problem = address_refusal(sender, "5.1.7", b"MAIL", utf8_ok)
-        if problem is not None:
-            raise SmtpRelayError.factory(problem)
+    problem = address_refusal(sender, "5.1.7", b"MAIL", utf8_ok)
+    if problem is not None:
+        raise SmtpRelayError.factory(problem)
     recipients: list[str] = []
     refused: dict[str, RelayError] = {}
     for rcpt in envelope.recipients:
-        if type(rcpt) is str and is_plain_address(rcpt):
-            recipients.append(rcpt)
-            continue
         problem = address_refusal(rcpt, "5.1.3", b"RCPT", utf8_ok)
         if problem is None:
             recipients.append(rcpt)
@@ -91,7 +84,7 @@ def plan_transaction(
         else:
             header, body = _convert_to_7bit(envelope, binary_encoder)
     size = len(header) + len(body)
-    limit = extensions.getparam("SIZE", int) if names.get("SIZE") is not None else None
+    limit = extensions.getparam("SIZE", int)
     if limit and size > limit:
         reply = Reply("552", f"5.3.4 Message size exceeds the server limit of {limit}")
         reply.command = b"MAIL"

@@ -28,13 +28,14 @@ from slimta.relay.smtp._failures import Abort, TlsFailure, reply_for_exception, 
 from slimta.smtp.client import Client, LmtpClient, WireTrace
 from slimta.smtp.reply import Reply
 from slimta.smtp.syntax import check_ehlo_name
+from slimta.util.timer import Bound, SessionTimers
 
 if TYPE_CHECKING:
     from gevent import socket
 
     from slimta.relay._timeouts import Timeouts
 
-__all__ = ["Credentials", "Owner", "Session", "StageTimer"]
+__all__ = ["Credentials", "Owner", "Session"]
 
 Credentials = Union[Iterable[str], Callable[[], Iterable[str]]]
 
@@ -65,32 +66,6 @@ class Owner(Protocol):
     client: Client | None
 
 
-class StageTimer:
-    """A :class:`gevent.Timeout` restarted each time a stage is entered.
-
-    Creating a timeout costs a new native timer; a session enters a stage or
-    more per message, so it keeps one of these per distinct number of seconds.
-    ``with`` starts it, and cancels it (without closing it) on exit; what the
-    ``with`` binds is the :class:`gevent.Timeout`, which is also what is raised
-    when it expires.
-
-    :param seconds: the bound; ``None`` never expires.
-    """
-
-    __slots__ = ("timeout",)
-
-    def __init__(self, seconds: float | None) -> None:
-        self.timeout = gevent.Timeout(seconds)
-
-    def __enter__(self) -> gevent.Timeout:
-        timeout = self.timeout
-        timeout.start()
-        return timeout
-
-    def __exit__(self, *exc: object) -> None:
-        self.timeout.cancel()
-
-
 class _ClearTextRetry(Exception):
     """An opportunistic STARTTLS handshake failed: connect again, in clear."""
 
@@ -118,10 +93,10 @@ class Session:
         self.auth_param = True
         #: Set once an opportunistic STARTTLS handshake failed: no more STARTTLS.
         self.clear_text_only = False
-        self._timers: dict[float | None, StageTimer] = {}
+        self._timers = SessionTimers()
 
     # -- stages --------------------------------------------------------------------
-    def stage(self, name: bytes, timeout: float | None) -> StageTimer | gevent.Timeout:
+    def stage(self, name: bytes, timeout: float | None) -> Bound | gevent.Timeout:
         """Enter the stage ``name``, bounded by ``timeout`` seconds.
 
         Use it as ``with session.stage(b'MAIL', timeouts.command):``. The name
@@ -132,12 +107,7 @@ class Session:
         entered inside another with the same value gets a fresh one.
         """
         self.owner.current_command = name
-        timer = self._timers.get(timeout)
-        if timer is None:
-            timer = self._timers[timeout] = StageTimer(timeout)
-        elif timer.timeout.pending:
-            return gevent.Timeout(timeout)
-        return timer
+        return self._timers.bound(timeout)
 
     @property
     def command_timeout(self) -> float | None:
@@ -355,9 +325,7 @@ class Session:
         """
         client, sock = self.client, self.socket
         self.client = self.socket = self.owner.client = self.owner.socket = None
-        timers, self._timers = self._timers, {}
-        for timer in timers.values():
-            timer.timeout.close()  # frees the native timer
+        self._timers.close()  # frees the native timers
         closed = False
         try:
             if client is not None and self.usable:

@@ -299,7 +299,7 @@ class Transaction:
         written here.
         """
         session, client, owner = self.session, self.client, self.owner
-        if not self.chain or not session.usable or "PIPELINING" not in client.extensions.extensions:
+        if not self.chain or not session.usable or "PIPELINING" not in client.extensions:
             return None
         result, envelope = owner.poll_nowait()
         if result is None or envelope is None:
