@@ -159,11 +159,7 @@ class Reply:
             if self._esc is not False:
                 self._esc = None
             return
-        esc, self._message = _split_esc(value)
-        if esc is not None:
-            self._esc = esc
-        elif self._esc is not False:
-            self._esc = None
+        self._set_text(value)
 
     @property
     def raw_message(self) -> str | None:
@@ -195,9 +191,20 @@ class Reply:
     def recv(self, io: _ReplyIO) -> None:
         """Read one reply from ``io`` into this object."""
         code, message = io.recv_reply()
-        self.code = code
-        self.message = message
+        if code in _CODES:
+            self._code = code  # what the parser returns: no further checks
+        else:
+            self.code = code
+        self._set_text(message)
         self.address = io.address
+
+    def _set_text(self, text: str) -> None:
+        # The text, split from its enhanced status code (kept unless suppressed).
+        esc, self._message = _split_esc(text)
+        if esc is not None:
+            self._esc = esc
+        elif self._esc is not False:
+            self._esc = None
 
     def send(self, io: _ReplyIO, flush: bool = False) -> None:
         """Server side: write this reply to ``io``.
