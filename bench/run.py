@@ -36,6 +36,8 @@ SINK = shutil.which("smtp-sink") or "/usr/sbin/smtp-sink"
 SOURCE = shutil.which("smtp-source") or "/usr/sbin/smtp-source"
 #: The environment of slimta-relay's workers; ``--tree DIR`` puts DIR first on PYTHONPATH.
 OURS_ENV: dict[str, str] | None = None
+#: ``--base DIR``: the environment of a second slimta-relay contender (edge scenarios).
+BASE_ENV: dict[str, str] | None = None
 
 SCENARIOS = {
     "reuse1": "StaticSmtpRelay pool_size=1, reused connection",
@@ -191,6 +193,8 @@ def edge_implementations(scenario: str, count: int, dns_port: int, source_file: 
         "slimta-relay": lambda: edge(OURS_PY, "slimta"),
         "aiosmtpd": lambda: edge(OURS_PY, "aiosmtpd"),
     }
+    if BASE_ENV is not None:
+        impls["slimta-base"] = lambda: edge(OURS_PY, "slimta", BASE_ENV)
     if os.path.exists(ORIG_PY):
         impls["python-slimta"] = lambda: edge(ORIG_PY, "slimta", orig_env)
     return impls
@@ -318,7 +322,16 @@ def main() -> None:
     parser.add_argument("--tree", metavar="DIR",
                         help="import slimta from DIR (e.g. a `git archive` snapshot of a commit)"
                         " instead of the working tree")
+    parser.add_argument("--base", metavar="DIR",
+                        help="edge scenarios: also run slimta from DIR as 'slimta-base' (e.g. a"
+                        " `git archive` snapshot of the previous commit), interleaved")
     args = parser.parse_args()
+    if args.base:
+        global BASE_ENV
+        base = os.path.abspath(args.base)
+        if not os.path.isdir(os.path.join(base, "slimta")):
+            parser.error(f"{base} has no slimta/ package")
+        BASE_ENV = dict(os.environ, PYTHONPATH=base)
     if args.tree:
         global OURS_ENV
         tree = os.path.abspath(args.tree)

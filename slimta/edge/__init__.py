@@ -7,6 +7,10 @@
 
 ``max_sessions`` bounds the connections handled at once: one more is answered
 with :attr:`EdgeServer.busy_reply` (``421 4.3.2``) and closed at once.
+
+Without a ``pool``, each connection runs in a greenlet of a
+:class:`~slimta.util.recycler.GreenletRecycler`: one that served an earlier
+connection and was parked, when there is one.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from gevent.server import StreamServer
 
 from slimta import logging
 from slimta.envelope import Envelope
+from slimta.util.recycler import GreenletRecycler
 
 __all__ = ["Edge", "EdgeServer"]
 
@@ -64,7 +69,8 @@ class EdgeServer(Edge, gevent.Greenlet):
     :param listener: ``(ip, port)`` (or a listening socket), as
         :class:`gevent.server.StreamServer` takes it; ``None`` for no server.
     :param queue: see :class:`Edge`.
-    :param pool: a :class:`gevent.pool.Pool` for the connection greenlets.
+    :param pool: a :class:`gevent.pool.Pool` for the connection greenlets
+        (default: reused greenlets, with no limit of their own).
     :param hostname: see :class:`Edge`.
     :param max_sessions: the most connections handled at once, or ``None``.
     """
@@ -81,7 +87,7 @@ class EdgeServer(Edge, gevent.Greenlet):
         max_sessions: int | None = None,
     ) -> None:
         super().__init__(queue, hostname)
-        spawn = "default" if pool is None else pool
+        spawn: Any = GreenletRecycler().spawn if pool is None else pool
         self.max_sessions = max_sessions
         #: How many connections are being handled now.
         self.sessions = 0

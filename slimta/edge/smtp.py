@@ -39,6 +39,17 @@ __all__ = ["SmtpEdge", "SmtpValidators", "SmtpSession"]
 PTR_LOOKUP_RUNTIME_SECONDS = 0.5
 
 
+class _HookNames(dict[str, str]):
+    """``'mail'`` -> ``'handle_mail'``, made once per name."""
+
+    def __missing__(self, command: str) -> str:
+        name = self[command] = "handle_" + command
+        return name
+
+
+_HOOK_NAMES = _HookNames()
+
+
 class SmtpValidators:
     """Base class for the command validators of an :class:`SmtpEdge`.
 
@@ -100,7 +111,10 @@ class SmtpSession:
         self._ptr_lookup: PtrLookup | None = None
 
     def _call_validator(self, command: str, *args: Any) -> None:
-        method = getattr(self.validators, "handle_" + command, None)
+        validators = self.validators
+        if validators is None:
+            return
+        method = getattr(validators, _HOOK_NAMES[command], None)
         if method is not None:
             method(*args)
 

@@ -54,6 +54,8 @@ class QueueStorageLogger(_BaseLogger):
 
     def write(self, id: Any, envelope: Any) -> None:
         """A new envelope stored under ``id``."""
+        if not self.logger.isEnabledFor(logging.DEBUG):
+            return
         self.log(
             id,
             "write",
@@ -67,7 +69,8 @@ class QueueStorageLogger(_BaseLogger):
 
     def remove(self, id: Any) -> None:
         """``id`` left the queue, delivered or not."""
-        self.log(id, "remove")
+        if self.logger.isEnabledFor(logging.DEBUG):
+            self.log(id, "remove")
 
 
 def getSocketLogger(name: str) -> SocketLogger:  # noqa: N802 - python-slimta's name

@@ -33,6 +33,7 @@ from slimta.policy import QueuePolicy
 from slimta.relay import PermanentRelayError, Relay, TransientRelayError
 from slimta.relay.pool import RelayPool
 from slimta.smtp.reply import Reply
+from slimta.util.recycler import GreenletRecycler
 
 from .outcome import (
     Outcome,
@@ -255,8 +256,8 @@ class Queue(Greenlet):
         #: The most attempts in flight at once (``None``: no limit).
         self.max_attempts: int | None = _attempt_limit(self.relay_pool, relay)
         # The greenlets that run attempts, each taking one message after
-        # another from _ready until it is empty.
-        self._attempts = Group()
+        # another from _ready until it is empty; they park for reuse after.
+        self._attempts = GreenletRecycler()
         self._runners = 0
         # (id, envelope or None: read it from the store) of messages due now,
         # in order; each of their IDs is in active_ids.
@@ -541,8 +542,7 @@ class Queue(Greenlet):
         self._helpers.kill()
         finished = self._attempts.join(timeout=timeout)
         super().kill()
-        if not finished:
-            self._attempts.kill()
+        self._attempts.kill()  # those still running, and the parked ones
         return bool(finished)
 
     def kill(

@@ -30,6 +30,8 @@ _ESC_PREFIX_RE = re.compile(r"^([245]\.[0-9]{1,3}\.[0-9]{1,3})\s+")
 _SPLIT_CACHE_ENTRIES = 256
 _SPLIT_CACHE_TEXT_CHARS = 128
 _split_cache: dict[str, tuple[str | None, str]] = {}
+#: Enhanced status codes already checked by :meth:`Reply.from_parts` (bounded).
+_VALID_ESCS: set[str | bool] = {False}
 #: Every valid reply code, so that the common check is one set lookup.
 _CODES = frozenset(f"{a}{b}{c}" for a in "12345" for b in "0123456789" for c in "0123456789")
 
@@ -97,6 +99,37 @@ class Reply:
                 self.code = code
         if message is not None:
             self.message = message
+
+    @classmethod
+    def from_parts(cls, code: str, enhanced_status_code: str | bool | None, text: str) -> Reply:
+        """A reply from its parts, without looking for a status code in ``text``.
+
+        What servers use for the replies they build: the text may start with
+        anything (an address, for instance) and is kept whole.
+
+        :param code: the three-digit reply code.
+        :param enhanced_status_code: e.g. ``'2.1.0'``; ``None`` for the default
+            (``'<class>.0.0'``) or ``False`` for none.
+        :param text: the text after the enhanced status code.
+        :raises ValueError: on a malformed code or enhanced status code.
+        """
+        reply = cls.__new__(cls)
+        reply.command = None
+        reply.address = None
+        reply.newline_first = False
+        reply._code = None
+        if code in _CODES:
+            reply._code = code
+        else:
+            reply.code = code
+        if enhanced_status_code in _VALID_ESCS or enhanced_status_code is None:
+            reply._esc = enhanced_status_code
+        else:
+            reply.enhanced_status_code = enhanced_status_code
+            if len(_VALID_ESCS) < _SPLIT_CACHE_ENTRIES:
+                _VALID_ESCS.add(enhanced_status_code)  # type: ignore[arg-type]
+        reply._message = text
+        return reply
 
     # -- code ---------------------------------------------------------------
     @property

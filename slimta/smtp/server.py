@@ -60,7 +60,7 @@ from slimta.smtp.reply import (
     unknown_command,
     unknown_parameter,
 )
-from slimta.util.timer import SessionTimers
+from slimta.util.timer import SessionDeadline
 
 __all__ = ["Server", "DEFAULT_COMMAND_TIMEOUT", "DEFAULT_DATA_TIMEOUT"]
 
@@ -80,6 +80,10 @@ _log = getSocketLogger(__name__)
 _RESERVED_HANDLERS = frozenset({"BANNER_", "TLSHANDSHAKE", "TLSHANDSHAKE2", "HAVE_DATA", "CLOSE"})
 _MAIL_PARAMS = frozenset({b"SIZE", b"BODY", b"SMTPUTF8", b"AUTH"})
 _BODY_VALUES = frozenset({b"7BIT", b"8BITMIME"})
+#: What every session advertises.
+_DEFAULT_EXTENSIONS: dict[str, str | None] = dict.fromkeys(
+    ("8BITMIME", "PIPELINING", "ENHANCEDSTATUSCODES", "SMTPUTF8")
+)
 
 
 class _Close(Exception):
@@ -121,6 +125,13 @@ class Server:
        until TLS; AUTH fails unless the handlers implement ``AUTH``.
     """
 
+    #: ``_command_<VERB>`` methods by verb (bytes), built for each subclass.
+    _commands: dict[bytes, Any] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls._commands = _command_table(cls)
+
     def __init__(
         self,
         socket: Any,
@@ -154,7 +165,7 @@ class Server:
         self.errors = 0
         #: Whether the client greeted with EHLO (not HELO).
         self.extended_smtp = False
-        self._timers = SessionTimers(_SessionTimeout)
+        self._timers = SessionDeadline(_SessionTimeout)
 
         self.context = context
         self.tls_immediately = tls_immediately
@@ -163,10 +174,7 @@ class Server:
         self.max_auth_failures = max_auth_failures
         self.max_errors = max_errors
 
-        self.extensions.add("8BITMIME")
-        self.extensions.add("PIPELINING")
-        self.extensions.add("ENHANCEDSTATUSCODES")
-        self.extensions.add("SMTPUTF8")
+        self.extensions.extensions.update(_DEFAULT_EXTENSIONS)
         if context is not None and not tls_immediately:
             self.extensions.add("STARTTLS")
         if auth:
@@ -301,12 +309,11 @@ class Server:
             pass
 
     def _handle_command(self, verb: bytes, arg: bytes | None) -> None:
-        name = verb.decode("ascii")
-        method = getattr(self, "_command_" + name, None)
-        if method is not None:
-            method(arg)
+        command = self._commands.get(verb)
+        if command is not None:
+            command(self, arg)
         else:
-            self._command_custom(name, arg)
+            self._command_custom(verb.decode("ascii"), arg)
 
     def _encrypt_session(self) -> bool:
         try:
@@ -328,8 +335,7 @@ class Server:
 
     # -- commands ----------------------------------------------------------------
     def _command_BANNER_(self, arg: bytes | None) -> None:  # noqa: N802
-        reply = Reply("220", "ESMTP server")
-        reply.enhanced_status_code = False
+        reply = Reply.from_parts("220", False, "ESMTP server")
         self._call_custom_handler("BANNER_", reply)
         self._send(reply)
         if reply.code == "220":
@@ -352,8 +358,7 @@ class Server:
         ehlo_as = self._hello_name(arg)
         if ehlo_as is None:
             return
-        reply = Reply("250", "Hello " + ehlo_as)
-        reply.enhanced_status_code = False
+        reply = Reply.from_parts("250", False, "Hello " + ehlo_as)
         self._call_custom_handler("EHLO", reply, ehlo_as)
         if reply.code == "250":
             reply.message = render_extensions(
@@ -369,8 +374,7 @@ class Server:
         ehlo_as = self._hello_name(arg)
         if ehlo_as is None:
             return
-        reply = Reply("250", "Hello " + ehlo_as)
-        reply.enhanced_status_code = False
+        reply = Reply.from_parts("250", False, "Hello " + ehlo_as)
         self._call_custom_handler("HELO", reply, ehlo_as)
         self._send(reply)
         if reply.code == "250":
@@ -497,7 +501,7 @@ class Server:
         if params.get(b"SMTPUTF8", True) is not True:
             self._error(bad_arguments)
             return
-        reply = Reply("250", f"2.1.0 Sender <{address}> Ok")
+        reply = Reply.from_parts("250", "2.1.0", f"Sender <{address}> Ok")
         self._call_custom_handler("MAIL", reply, address, params)
         self._send(reply)
         self.have_mailfrom = self.have_mailfrom or (reply.code == "250")
@@ -515,7 +519,7 @@ class Server:
         if self.recipients >= MAX_RECIPIENTS:
             Reply("452", "4.5.3 Too many recipients").send(self.io)
             return
-        reply = Reply("250", f"2.1.5 Recipient <{address}> Ok")
+        reply = Reply.from_parts("250", "2.1.5", f"Recipient <{address}> Ok")
         self._call_custom_handler("RCPT", reply, address, params)
         self._send(reply)
         if reply.code == "250":
@@ -532,7 +536,7 @@ class Server:
         if not self.have_rcptto:
             Reply("554", "5.5.1 No valid recipients").send(self.io)
             return
-        reply = Reply("354", "Start mail input; end with <CRLF>.<CRLF>")
+        reply = Reply.from_parts("354", None, "Start mail input; end with <CRLF>.<CRLF>")
         self._call_custom_handler("DATA", reply)
         reply.send(self.io, flush=True)
         self._check_close_code(reply)
@@ -552,7 +556,7 @@ class Server:
         self.input.feed(decoder.leftover)
         data: bytes | None = None
         err: Exception | None = None
-        reply = Reply("250", "2.6.0 Message accepted for delivery")
+        reply = Reply.from_parts("250", "2.6.0", "Message accepted for delivery")
         try:
             data = decoder.result()
         except (MessageTooBig, BadDataError) as exc:
@@ -566,14 +570,14 @@ class Server:
         if arg:
             self._error(bad_arguments)
             return
-        reply = Reply("250", "2.0.0 Ok")
+        reply = Reply.from_parts("250", "2.0.0", "Ok")
         self._call_custom_handler("RSET", reply)
         self._send(reply)
         if reply.code == "250":
             self._reset_transaction()
 
     def _command_NOOP(self, arg: bytes | None) -> None:  # noqa: N802
-        reply = Reply("250", "2.0.0 Ok")
+        reply = Reply.from_parts("250", "2.0.0", "Ok")
         self._call_custom_handler("NOOP", reply)
         self._send(reply)
 
@@ -581,7 +585,7 @@ class Server:
         if arg:
             self._error(bad_arguments)
             return
-        reply = Reply("221", "2.0.0 Bye")
+        reply = Reply.from_parts("221", "2.0.0", "Bye")
         self._call_custom_handler("QUIT", reply)
         self._send(reply)
 
@@ -593,3 +597,16 @@ class Server:
             self._error(reply)
         else:
             self._send(reply)
+
+
+def _command_table(cls: type) -> dict[bytes, Any]:
+    """The ``_command_<VERB>`` methods of ``cls`` (and its bases), by verb."""
+    prefix = "_command_"
+    return {
+        name[len(prefix):].encode("ascii"): getattr(cls, name)
+        for name in dir(cls)
+        if name.startswith(prefix) and name[len(prefix):].isupper()
+    }
+
+
+Server._commands = _command_table(Server)
