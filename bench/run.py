@@ -192,6 +192,8 @@ def edge_implementations(scenario: str, count: int, dns_port: int, source_file: 
     impls = {
         "slimta-relay": lambda: edge(OURS_PY, "slimta"),
         "aiosmtpd": lambda: edge(OURS_PY, "aiosmtpd"),
+        # a reference: the same exchange in a bare gevent server (bench/worker_edge.py)
+        "gevent-floor": lambda: edge(OURS_PY, "floor"),
     }
     if BASE_ENV is not None:
         impls["slimta-base"] = lambda: edge(OURS_PY, "slimta", BASE_ENV)
@@ -407,6 +409,13 @@ def report(scenario: str, samples: dict[str, list[Sample]]) -> dict[str, Sample]
         med = medians[name]
         each = ", ".join(f"{s.rate:.0f}" if s.rate > 50 else f"{s.rate:.1f}" for s in runs)
         ratio = f"{ours / med.rate:.2f}x" if med.rate and name != "slimta-relay" else "-"
+        if ratio != "-" and "slimta-relay" in samples and len(runs) > 1:
+            # Each round's own ratio: drift of a shared machine hits both alike.
+            per_round = [o.rate / s.rate for o, s in zip(samples["slimta-relay"], runs, strict=True)
+                         if s.rate]
+            if per_round:
+                ratio += (f" (rounds {', '.join(f'{r:.2f}' for r in per_round)};"
+                          f" median {statistics.median(per_round):.2f}x)")
         extra = ""
         if scenario == "big":
             if "peak_growth_mb" in med.extra:

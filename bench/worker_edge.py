@@ -2,10 +2,14 @@
 
     python bench/worker_edge.py slimta --port P [--dns-port D]
     python bench/worker_edge.py aiosmtpd --port P
+    python bench/worker_edge.py floor --port P
 
 ``slimta``: SmtpEdge -> Queue(DictStorage) -> BlackholeRelay, with slimta-relay or
 python-slimta 5.0.5, whichever the interpreter has (the API is the same). ``aiosmtpd``:
-an aiosmtpd Controller whose handler keeps each message in a dict.
+an aiosmtpd Controller whose handler keeps each message in a dict. ``floor``: a bare
+gevent ``StreamServer`` that answers each command line with a fixed reply and counts the
+messages, with no parsing, checks, envelope or queue: what the same exchange costs in
+gevent alone (a reference, not a contender).
 
 Both slimta edges look up the client's PTR record when it connects; ``--dns-port`` sends
 those queries to bench/dns_server.py (which answers ``localhost`` at once, TTL 3600)
@@ -132,9 +136,60 @@ def run_aiosmtpd(port: int) -> None:
     emit(received=n, delivered=n)
 
 
+def run_floor(port: int) -> None:
+    import gevent.event
+    from gevent.server import StreamServer
+
+    counts = {"received": 0}
+
+    def handle(sock: Any, address: Any) -> None:
+        sock.sendall(b"220 floor ESMTP\r\n")
+        buf = b""
+        in_data = False
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            buf += chunk
+            while True:
+                if in_data:
+                    end = buf.find(b"\r\n.\r\n")
+                    if end < 0:
+                        break
+                    buf = buf[end + 5:]
+                    in_data = False
+                    counts["received"] += 1
+                    sock.sendall(b"250 2.6.0 Ok\r\n")
+                    continue
+                end = buf.find(b"\r\n")
+                if end < 0:
+                    break
+                verb = buf[:4].upper()
+                buf = buf[end + 2:]
+                if verb == b"DATA":
+                    in_data = True
+                    sock.sendall(b"354 Go ahead\r\n")
+                elif verb == b"QUIT":
+                    sock.sendall(b"221 2.0.0 Bye\r\n")
+                    sock.close()
+                    return
+                else:
+                    sock.sendall(b"250 2.0.0 Ok\r\n")
+        sock.close()
+
+    server = StreamServer(("127.0.0.1", port), handle)
+    server.start()
+    stop = gevent.event.Event()
+    gevent.signal_handler(signal.SIGTERM, stop.set)
+    ready()
+    stop.wait()
+    server.stop()
+    emit(received=counts["received"], delivered=counts["received"])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("server", choices=("slimta", "aiosmtpd"))
+    parser.add_argument("server", choices=("slimta", "aiosmtpd", "floor"))
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--dns-port", type=int,
                         help="answer the edge's PTR lookups from bench/dns_server.py on this"
@@ -144,6 +199,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.server == "slimta":
         run_slimta(args.port, args.dns_port, args.ptr_cache_size)
+    elif args.server == "floor":
+        run_floor(args.port)
     else:
         run_aiosmtpd(args.port)
 

@@ -17,7 +17,15 @@ from email.message import Message
 from io import BytesIO
 from typing import Any
 
-from ._headers import RawBlock, copy_message, read_block, render
+from ._headers import (
+    RawBlock,
+    all_fields,
+    copy_message,
+    read_block,
+    read_fields,
+    render,
+    split_block,
+)
 from ._mime import encode_8bit_parts
 
 __all__ = ["Envelope"]
@@ -35,6 +43,16 @@ class Envelope:
     :param message: the bytes after the header block.
     """
 
+    # Defaults for instances made without __init__ (copies, subclasses).
+    _headers: Message | None = None
+    # parse() of a block of well-formed fields keeps its bytes here, as flatten()
+    # writes them (the closing empty line as CRLF, when there was one), and
+    # reads the fields only when headers is first asked for.
+    _lazy_head: bytes | None = None
+    _lazy_separator = False
+    _raw_block: RawBlock | None = None
+    _rendered: tuple[Message, list[Any], bytes] | None = None
+
     def __init__(
         self,
         sender: str | None = None,
@@ -44,7 +62,8 @@ class Envelope:
     ) -> None:
         self.sender = sender
         self.recipients: list[str] = recipients or []
-        self.headers = headers
+        self._lazy_head = None
+        self._headers = headers
         self.message = message
         #: Facts about the client that handed us the message: ``ip``, ``host``,
         #: ``name`` (its EHLO), ``protocol``, ``auth``.
@@ -55,8 +74,37 @@ class Envelope:
         self.timestamp: float | None = None
         # The header block as parse() received it, and the last rendering of
         # changed headers (with the item list it was made from).
-        self._raw_block: RawBlock | None = None
-        self._rendered: tuple[Message, list[Any], bytes] | None = None
+        self._raw_block = None
+        self._rendered = None
+
+    @property
+    def headers(self) -> Message | None:
+        """The header fields, as a :class:`email.message.Message` (``None`` if none).
+
+        Changing them changes what :meth:`flatten` writes for the fields
+        changed, and only for those.
+        """
+        head = self._lazy_head
+        if head is not None:
+            if self._lazy_separator:
+                block = read_fields(head[:-2], b"\r\n")
+            else:
+                block = read_fields(head, b"")
+            self._lazy_head = None
+            self._raw_block = block
+            self._headers = block.message
+        return self._headers
+
+    @headers.setter
+    def headers(self, value: Message | None) -> None:
+        self._lazy_head = None
+        self._headers = value
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        if "headers" in state:  # pickled when headers was a plain attribute
+            state = dict(state)
+            state["_headers"] = state.pop("headers")
+        self.__dict__.update(state)
 
     def prepend_header(self, name: str, value: str) -> None:
         """Insert a header before all the existing ones.
@@ -88,7 +136,8 @@ class Envelope:
         :param new_rcpts: when truthy, the copy's recipients.
         """
         memo: dict[int, Any] = {}
-        headers = self.headers
+        # Fields not read yet are bytes, copied as they are.
+        headers = self._headers if self._lazy_head is None else None
         if headers is not None:
             # The header objects are copied by hand, keeping the raw block valid
             # for the copy; deepcopy does the rest (including attributes set by
@@ -120,7 +169,10 @@ class Envelope:
         return self._header_bytes(), self.message
 
     def _header_bytes(self) -> bytes:
-        headers = self.headers
+        head = self._lazy_head
+        if head is not None:  # never read, so never changed
+            return head
+        headers = self._headers
         if headers is None:
             return b"\r\n"
         block = self._raw_block
@@ -145,11 +197,21 @@ class Envelope:
         """
         if isinstance(data, str):
             data = data.encode("utf-8", "surrogateescape")
-        block, body = read_block(bytes(data))
+        data = bytes(data)
+        self._rendered = None
+        head, separator, body_start = split_block(data)
+        if all_fields(head):
+            # The fields are read when headers is first asked for.
+            self._headers = None
+            self._raw_block = None
+            self._lazy_head = head + b"\r\n" if separator else head
+            self._lazy_separator = bool(separator)
+            self.message = data[body_start:]
+            return
+        block, body = read_block(data)
         self.headers = block.message
         self.message = body
         self._raw_block = block
-        self._rendered = None
 
     def parse_msg(self, msg: Message) -> None:
         """Serialise ``msg`` with its own policy (CRLF line ends) and :meth:`parse` the result."""

@@ -25,7 +25,16 @@ from email.message import Message
 from email.policy import SMTP, Policy
 from typing import Any
 
-__all__ = ["RawBlock", "read_block", "render", "fold_field", "copy_message"]
+__all__ = [
+    "RawBlock",
+    "read_block",
+    "split_block",
+    "all_fields",
+    "read_fields",
+    "render",
+    "fold_field",
+    "copy_message",
+]
 
 # The end of the header block: an empty line (blanks allowed on it), at the
 # very start of the data or after a line break.
@@ -167,6 +176,53 @@ def _read_crlf_fields(
     return message, list(items), raws
 
 
+# A block of nothing but named fields and their continuation lines, CRLF line
+# ends only: exactly the blocks _read_crlf_fields() reads (it needs at least one
+# field). One pass of the regex engine, nothing captured.
+_ALL_FIELDS_RE = re.compile(rb"(?:[\x21-\x39\x3b-\x7e]+:[^\r\n]*\r\n(?:[ \t][^\r\n]*\r\n)*)+")
+
+
+def split_block(data: bytes) -> tuple[bytes, bytes, int]:
+    """Where the header block of ``data`` ends.
+
+    :returns: ``(head, separator, body_start)``: the block with the line end of
+        its last line, the empty line that ended it (``b''`` if none), and the
+        index of the body in ``data``.
+    """
+    first = _FIRST_LINE_EMPTY_RE.match(data)
+    if first is not None:
+        return b"", first.group(0), first.end()
+    match = _EMPTY_LINE_RE.search(data)
+    if match is None:
+        return data, b"", len(data)
+    # The block keeps the line end of its last line; the empty line after it
+    # is the separator.
+    end = match.start() + 1
+    return data[:end], data[end : match.end()], match.end()
+
+
+def all_fields(head: bytes) -> bool:
+    """Whether ``head`` is one or more well-formed fields with CRLF line ends.
+
+    For such a block :func:`read_block` keeps every line as a field and the
+    body starts right after the block, so reading the fields can wait until
+    they are asked for (:func:`read_fields`).
+    """
+    return _ALL_FIELDS_RE.fullmatch(head) is not None
+
+
+def read_fields(head: bytes, separator: bytes, policy: Policy = SMTP) -> RawBlock:
+    """The :class:`RawBlock` of a block for which :func:`all_fields` is true.
+
+    :param separator: the empty line that ended the block, or ``b''``.
+    """
+    fast = _read_crlf_fields(head, policy)
+    if fast is None:  # not all fields after all: read it line by line
+        block, _ = read_block(head + (_CRLF if separator else b""), policy)
+        return block
+    return RawBlock(fast[0], fast[1], fast[2], b"", _CRLF if separator else b"")
+
+
 def read_block(data: bytes, policy: Policy = SMTP) -> tuple[RawBlock, bytes]:
     """Split ``data`` into its header block and its body.
 
@@ -176,18 +232,7 @@ def read_block(data: bytes, policy: Policy = SMTP) -> tuple[RawBlock, bytes]:
 
     :returns: the :class:`RawBlock` and the body bytes.
     """
-    first = _FIRST_LINE_EMPTY_RE.match(data)
-    if first is not None:
-        head, separator, body_start = b"", first.group(0), first.end()
-    else:
-        match = _EMPTY_LINE_RE.search(data)
-        if match is None:
-            head, separator, body_start = data, b"", len(data)
-        else:
-            # The block keeps the line end of its last line; the empty line
-            # after it is the separator.
-            end = match.start() + 1
-            head, separator, body_start = data[:end], data[end : match.end()], match.end()
+    head, separator, body_start = split_block(data)
     fast = _read_crlf_fields(head, policy)
     if fast is not None:
         return RawBlock(fast[0], fast[1], fast[2], b"", _CRLF if separator else b""), data[

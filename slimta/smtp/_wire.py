@@ -345,7 +345,7 @@ def encode_address(address: str | None, utf8: bool) -> bytes:
     return address.encode("utf-8")
 
 
-_EHLO_NAME_RE = re.compile(r"^[\x21-\x7e]+$")
+_EHLO_NAME_RE = re.compile(r"^[\x21-\x7e]+\Z")
 
 
 def check_ehlo_name(name: str) -> bytes:

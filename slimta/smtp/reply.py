@@ -22,8 +22,8 @@ __all__ = [
     "invalid_credentials",
 ]
 
-_CODE_RE = re.compile(r"^[1-5][0-9][0-9]$")
-_ESC_RE = re.compile(r"^[245]\.[0-9]{1,3}\.[0-9]{1,3}$")
+_CODE_RE = re.compile(r"[1-5][0-9][0-9]\Z")
+_ESC_RE = re.compile(r"[245]\.[0-9]{1,3}\.[0-9]{1,3}\Z")
 _ESC_PREFIX_RE = re.compile(r"^([245]\.[0-9]{1,3}\.[0-9]{1,3})\s+")
 #: Reply texts whose enhanced status code split is remembered (servers repeat a
 #: few texts), at most; longer texts are split each time.
@@ -120,6 +120,8 @@ class Reply:
         reply._code = None
         if code in _CODES:
             reply._code = code
+        elif not code:
+            raise ValueError("Invalid SMTP reply code", code)
         else:
             reply.code = code
         if enhanced_status_code in _VALID_ESCS or enhanced_status_code is None:
@@ -127,7 +129,7 @@ class Reply:
         else:
             reply.enhanced_status_code = enhanced_status_code
             if len(_VALID_ESCS) < _SPLIT_CACHE_ENTRIES:
-                _VALID_ESCS.add(enhanced_status_code)  # type: ignore[arg-type]
+                _VALID_ESCS.add(enhanced_status_code)
         reply._message = text
         return reply
 

@@ -99,7 +99,7 @@ class GreenletRecycler:
                 self._finished_one()
             elif waiter in self._idle:
                 self._idle.remove(waiter)
-            self._greenlets.discard(getcurrent())  # type: ignore[arg-type]
+            self._greenlets.discard(getcurrent())
 
     def _finished_one(self) -> None:
         self._running -= 1

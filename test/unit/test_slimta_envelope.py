@@ -1,9 +1,14 @@
+import copy as _copy
+import pickle
 from email.encoders import encode_base64
 from email.message import Message
 
 import pytest
+from support.corpus import corpus_names, load
 
+import slimta.envelope as envelope_module
 from slimta.envelope import Envelope
+from slimta.envelope._headers import read_block
 
 RAW = b"From: a@example.com\r\nSubject: hello\r\n\r\nline one\r\n.dot line\r\n"
 
@@ -339,3 +344,107 @@ def test_header_objects_set_by_code_use_the_policy():
     env.parse(RAW)
     env.headers["To"] = "Jörg <j@example.com>"
     assert env.flatten()[0].endswith(b"To: =?utf-8?q?J=C3=B6rg?= <j@example.com>\r\n\r\n")
+
+
+# -- fields read only when asked for ---------------------------------------------
+
+@pytest.fixture
+def field_reads(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
+    """Every block Envelope reads into fields after parse() deferred it."""
+    reads: list[bytes] = []
+    real = envelope_module.read_fields
+
+    def counting(head: bytes, separator: bytes, *args: object) -> object:
+        reads.append(head)
+        return real(head, separator, *args)
+
+    monkeypatch.setattr(envelope_module, "read_fields", counting)
+    return reads
+
+
+def test_flatten_of_a_parsed_message_reads_no_field(field_reads: list[bytes]) -> None:
+    env = Envelope()
+    env.parse(RAW)
+    assert env.message == b"line one\r\n.dot line\r\n"
+    assert b"".join(env.flatten()) == RAW
+    assert env.flatten()[0] is env.flatten()[0]
+    assert field_reads == []
+    assert env.headers["Subject"] == "hello"
+    assert env.headers["From"] == "a@example.com"
+    assert field_reads == [b"From: a@example.com\r\nSubject: hello\r\n"]  # once
+
+
+@pytest.mark.parametrize("name", corpus_names())
+def test_deferred_fields_match_an_eager_read(name: str) -> None:
+    data = load(name)
+    eager_block, eager_body = read_block(data)
+    env = Envelope()
+    env.parse(data)
+    assert env.message == eager_body
+    assert env.flatten()[0] == eager_block.data  # before the fields are read
+    assert env.headers is not None
+    assert list(env.headers.items()) == list(eager_block.message.items())
+    assert env.flatten()[0] == eager_block.data  # after
+    env.headers["X-Added"] = "yes"
+    assert env.flatten()[0].startswith(eager_block.data[: -2])
+
+
+@pytest.mark.parametrize(
+    ("data", "header", "body"),
+    [
+        (b"Subject: a\r\n", b"Subject: a\r\n", b""),  # no empty line at all
+        (b"Subject: a\r\n \t\r\nbody", b"Subject: a\r\n\r\n", b"body"),  # blanks on it
+        (b"Subject: a\r\n\tfolded\r\n\r\n", b"Subject: a\r\n\tfolded\r\n\r\n", b""),
+        (b"\r\nbody only\r\n", b"\r\n", b"body only\r\n"),  # no fields
+        (b"Subject: a\nTo: b\n\nbody\n", b"Subject: a\r\nTo: b\r\n\r\n", b"body\n"),  # LF
+        (b"Subject: a\r\nnot a field\r\n\r\nbody", b"Subject: a\r\n", b"not a field\r\n\r\nbody"),
+    ],
+)
+def test_blocks_read_now_and_later_agree(data: bytes, header: bytes, body: bytes) -> None:
+    env = Envelope()
+    env.parse(data)
+    assert env.flatten() == (header, body)
+    later = Envelope()
+    later.parse(data)
+    assert later.headers is not None
+    assert later.flatten() == (header, body)
+    assert list(later.headers.items()) == list(read_block(data)[0].message.items())
+
+
+def test_headers_set_before_they_are_read_replace_the_block(field_reads: list[bytes]) -> None:
+    env = Envelope()
+    env.parse(RAW)
+    replacement = Message()
+    replacement["Subject"] = "new"
+    env.headers = replacement
+    assert env.headers is replacement
+    assert env.flatten() == (b"Subject: new\r\n\r\n", b"line one\r\n.dot line\r\n")
+    assert field_reads == []
+
+
+def test_a_copy_of_an_unread_block_is_independent(field_reads: list[bytes]) -> None:
+    env = Envelope("a@example.com", ["b@example.com"])
+    env.parse(RAW)
+    twin = env.copy(["c@example.com"])
+    assert field_reads == []
+    assert twin.flatten() == env.flatten() and twin.recipients == ["c@example.com"]
+    twin.prepend_header("X-Twin", "1")
+    assert twin.flatten()[0] == b"X-Twin: 1\r\n" + env.flatten()[0]
+    assert env.flatten()[0] == RAW.split(b"\r\n\r\n")[0] + b"\r\n\r\n"
+    assert "X-Twin" not in env.headers
+
+
+def test_pickles_with_and_without_unread_fields_load() -> None:
+    env = Envelope("a@example.com", ["b@example.com"])
+    env.parse(RAW)
+    unread = pickle.loads(pickle.dumps(env))
+    assert unread.flatten() == env.flatten() and unread.headers["Subject"] == "hello"
+    read = pickle.loads(pickle.dumps(unread))
+    assert read.headers["Subject"] == "hello" and read.flatten() == env.flatten()
+    # What older releases pickled: headers as a plain attribute.
+    legacy = Envelope.__new__(Envelope)
+    state = {key: value for key, value in vars(read).items() if not key.startswith("_")}
+    state["headers"] = read.headers
+    legacy.__setstate__(_copy.deepcopy(state))
+    assert legacy.headers is not None and legacy.headers["Subject"] == "hello"
+    assert legacy.flatten()[0] == b"From: a@example.com\r\nSubject: hello\r\n\r\n"

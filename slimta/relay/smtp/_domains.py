@@ -41,7 +41,7 @@ def domain_of(recipient: str) -> str | None:
 
 
 # A plain ASCII host name needs no IDNA work: most domains take this path.
-_LDH_RE = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)(?:\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*\.?$")
+_LDH_RE = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)(?:\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*\.?\Z")
 
 
 @functools.lru_cache(maxsize=4096)
