@@ -38,6 +38,8 @@ SOURCE = shutil.which("smtp-source") or "/usr/sbin/smtp-source"
 OURS_ENV: dict[str, str] | None = None
 #: ``--base DIR``: the environment of a second slimta-relay contender (edge scenarios).
 BASE_ENV: dict[str, str] | None = None
+#: ``--pin``: edge scenarios run the server on CPU 1 and smtp-source on CPU 0.
+PIN = False
 
 SCENARIOS = {
     "reuse1": "StaticSmtpRelay pool_size=1, reused connection",
@@ -147,6 +149,10 @@ def run_edge(cmd: list[str], env: dict | None, source_args: list[str], messages:
     """Start the server ``cmd``, time smtp-source against it, read the server's CPU."""
     if env is None and cmd[0] == OURS_PY:
         env = OURS_ENV
+    source = [SOURCE, *source_args]
+    if PIN:
+        cmd = ["taskset", "-c", "1", *cmd]
+        source = ["taskset", "-c", "0", *source]
     server = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                               env=env, cwd=HERE)
     assert server.stdout is not None
@@ -156,7 +162,7 @@ def run_edge(cmd: list[str], env: dict | None, source_args: list[str], messages:
             raise RuntimeError(f"{cmd[0:3]} did not start: {line}{server.stderr.read()[-3000:]}")
         cpu0 = proc_cpu(server.pid)
         t0 = time.perf_counter()
-        subprocess.run([SOURCE, *source_args], check=True, capture_output=True, timeout=900)
+        subprocess.run(source, check=True, capture_output=True, timeout=900)
         elapsed = time.perf_counter() - t0
         cpu = proc_cpu(server.pid) - cpu0
         server.terminate()
@@ -327,7 +333,13 @@ def main() -> None:
     parser.add_argument("--base", metavar="DIR",
                         help="edge scenarios: also run slimta from DIR as 'slimta-base' (e.g. a"
                         " `git archive` snapshot of the previous commit), interleaved")
+    parser.add_argument("--pin", action="store_true",
+                        help="edge scenarios: pin the server to CPU 1 and smtp-source to CPU 0"
+                        " (less run-to-run variance on a shared 2-core machine)")
     args = parser.parse_args()
+    if args.pin:
+        global PIN
+        PIN = True
     if args.base:
         global BASE_ENV
         base = os.path.abspath(args.base)
