@@ -19,8 +19,9 @@ import re
 import ssl
 from typing import TYPE_CHECKING, Any
 
+import gevent.socket
 import gevent.ssl
-from gevent import monkey
+from gevent import get_hub, monkey
 
 from slimta.logging import getSocketLogger
 from slimta.smtp import BadReply, ConnectionLost
@@ -78,6 +79,11 @@ class IO:
         self._address = address
         self._tls_ready = False
         self._eof = False
+        # Server side: whether the last read took everything the socket held,
+        # and the read watcher used to wait before reading (see recv_masked).
+        self._drained = True
+        self._watched: Any = None
+        self._read_watcher: Any = None
 
     # -- properties ----------------------------------------------------------
     @property
@@ -128,6 +134,7 @@ class IO:
 
         Errors from a peer that has already gone are ignored.
         """
+        self._drop_read_watcher()
         sock = self.socket
         if self._tls_ready and isinstance(sock, _SSL_SOCKETS):
             self._tls_ready = False
@@ -195,19 +202,52 @@ class IO:
         _log.recv(self.socket, data)
         return data
 
-    def _recv_once(self) -> bytes:
+    def _recv_once(self, wait_first: bool = False) -> bytes:
         # One recv; EOF and resets (TLS ones included) become ConnectionLost.
         if self._eof:
             raise ConnectionLost()
+        sock = self.socket
         try:
-            data = self.socket.recv(RECV_BYTES)
+            if wait_first and self._drained:
+                watcher = self._read_watcher if self._watched is sock else self._watch(sock)
+                if watcher is not None:
+                    get_hub().wait(watcher)
+            data = sock.recv(RECV_BYTES)
         except (ConnectionError, ssl.SSLEOFError, ssl.SSLZeroReturnError):
             self._eof = True
             raise ConnectionLost()
         if not data:
             self._eof = True
             raise ConnectionLost()
+        self._drained = len(data) < RECV_BYTES
         return data
+
+    def _watch(self, sock: Any) -> Any:
+        """A read watcher for ``sock`` if it is a plain gevent socket with no timeout of its own.
+
+        After the server sent a reply, the client's next bytes cannot have
+        arrived yet: waiting for readability first saves the ``recv`` that would
+        fail with ``EAGAIN`` (a system call and an exception) on every command.
+        A TLS socket may hold decrypted bytes the watcher cannot see, and a
+        socket timeout must keep applying, so both are read the usual way.
+        """
+        self._drop_read_watcher()
+        self._watched = sock
+        if type(sock) is gevent.socket.socket and sock.timeout is None:
+            self._read_watcher = get_hub().loop.io(sock.fileno(), 1)
+        return self._read_watcher
+
+    def _drop_read_watcher(self) -> None:
+        watcher, self._read_watcher = self._read_watcher, None
+        self._watched = None
+        if watcher is None:
+            return
+        if watcher.callback is not None:
+            # Another greenlet waits on it: it gets ConnectionLost, as it would
+            # from a read on the closed socket.
+            get_hub().cancel_wait(watcher, ConnectionLost(), True)
+        else:
+            watcher.close()
 
     def buffered_recv(self) -> None:
         """Read once and append to the receive buffer."""
@@ -376,7 +416,7 @@ class IO:
             chunk is masked.
         :raises ~slimta.smtp.ConnectionLost: on EOF or a reset.
         """
-        data = self._recv_once()
+        data = self._recv_once(wait_first=True)
         if not _log.logger.isEnabledFor(logging.DEBUG):
             return data
         if secret:

@@ -304,3 +304,74 @@ def test_close_after_tls_with_vanished_peer(pair: tuple[IO, Peer], tls_cert: Tls
     with gevent.Timeout(GUARD_SECONDS):
         io.close()
     assert io.socket.fileno() == -1
+
+
+# -- server side: waiting for the client before reading ----------------------------
+
+
+class _RecvCounter:
+    """Counts the raw recv() calls on a gevent socket's underlying socket."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, sock: gevent.socket.socket) -> None:
+        self.calls = 0
+        raw = sock._sock  # the stdlib socket gevent wraps
+        real = raw.recv
+
+        def counting(*args: object) -> bytes:
+            self.calls += 1
+            return real(*args)  # type: ignore[no-any-return]
+
+        proxy = _RawProxy(raw, counting)
+        monkeypatch.setattr(sock, "_sock", proxy)
+
+
+class _RawProxy:
+    def __init__(self, raw: object, recv: object) -> None:
+        self._raw = raw
+        self.recv = recv
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._raw, name)
+
+
+def test_recv_masked_waits_for_the_client_before_reading(
+    pair: tuple[IO, Peer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    io, peer = pair
+    counter = _RecvCounter(monkeypatch, io.socket)
+    gevent.spawn_later(0.01, peer.send, b"EHLO client.test\r\n")
+    with gevent.Timeout(GUARD_SECONDS):
+        assert io.recv_masked() == b"EHLO client.test\r\n"
+    assert counter.calls == 1  # no read that could only fail with EAGAIN first
+    gevent.spawn_later(0.01, peer.send, b"QUIT\r\n")
+    with gevent.Timeout(GUARD_SECONDS):
+        assert io.recv_masked() == b"QUIT\r\n"
+    assert counter.calls == 2
+
+
+def test_recv_masked_reads_at_once_after_a_full_read(pair: tuple[IO, Peer]) -> None:
+    io, peer = pair
+    big = b"x" * 100_000
+    gevent.spawn(peer.send, big)
+    got = b""
+    with gevent.Timeout(GUARD_SECONDS):
+        while len(got) < len(big):
+            got += io.recv_masked()
+    assert got == big
+
+
+def test_closing_the_io_wakes_a_reader_waiting_for_the_client(pair: tuple[IO, Peer]) -> None:
+    io, _ = pair
+    reader = gevent.spawn(io.recv_masked)
+    gevent.sleep(0)  # the reader now waits for the client
+    io.close()
+    with gevent.Timeout(GUARD_SECONDS, AssertionError("the reader was not woken")):
+        reader.join()
+    assert isinstance(reader.exception, ConnectionLost)
+
+
+def test_a_socket_with_its_own_timeout_is_read_the_usual_way(pair: tuple[IO, Peer]) -> None:
+    io, _ = pair
+    io.socket.settimeout(0.01)
+    with gevent.Timeout(GUARD_SECONDS), pytest.raises(TimeoutError):
+        io.recv_masked()  # the socket's timeout applies: no wait without it
