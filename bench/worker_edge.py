@@ -136,11 +136,8 @@ def run_aiosmtpd(port: int) -> None:
     emit(received=n, delivered=n)
 
 
-def run_floor(port: int) -> None:
-    import gevent.event
-    from gevent.server import StreamServer
-
-    counts = {"received": 0}
+def floor_handler(on_message: Any) -> Any:
+    """The bare gevent handler: fixed replies, calls ``on_message()`` per message."""
 
     def handle(sock: Any, address: Any) -> None:
         sock.sendall(b"220 floor ESMTP\r\n")
@@ -158,7 +155,7 @@ def run_floor(port: int) -> None:
                         break
                     buf = buf[end + 5:]
                     in_data = False
-                    counts["received"] += 1
+                    on_message()
                     sock.sendall(b"250 2.6.0 Ok\r\n")
                     continue
                 end = buf.find(b"\r\n")
@@ -177,7 +174,19 @@ def run_floor(port: int) -> None:
                     sock.sendall(b"250 2.0.0 Ok\r\n")
         sock.close()
 
-    server = StreamServer(("127.0.0.1", port), handle)
+    return handle
+
+
+def run_floor(port: int) -> None:
+    import gevent.event
+    from gevent.server import StreamServer
+
+    counts = {"received": 0}
+
+    def count() -> None:
+        counts["received"] += 1
+
+    server = StreamServer(("127.0.0.1", port), floor_handler(count))
     server.start()
     stop = gevent.event.Event()
     gevent.signal_handler(signal.SIGTERM, stop.set)
