@@ -271,6 +271,9 @@ def implementations(scenario: str, port: int, count: int, profile: str,
         "aiosmtplib": lambda: run_worker(
             [OURS_PY, "worker_aiosmtplib.py", *worker_args, "--count", str(count)]),
     }
+    if BASE_ENV is not None:
+        impls["slimta-base"] = lambda: run_worker(
+            [OURS_PY, "worker_slimta.py", *worker_args, "--count", str(count)], env=BASE_ENV)
     if scenario != "big" and os.path.exists(ORIG_PY):
         impls["python-slimta"] = lambda: run_worker(
             [ORIG_PY, "worker_slimta.py", *worker_args, "--count", str(orig_count)],
@@ -331,8 +334,8 @@ def main() -> None:
                         help="import slimta from DIR (e.g. a `git archive` snapshot of a commit)"
                         " instead of the working tree")
     parser.add_argument("--base", metavar="DIR",
-                        help="edge scenarios: also run slimta from DIR as 'slimta-base' (e.g. a"
-                        " `git archive` snapshot of the previous commit), interleaved")
+                        help="edge and relay scenarios: also run slimta from DIR as 'slimta-base' (e.g."
+                        " a `git archive` snapshot of the previous commit), interleaved")
     parser.add_argument("--pin", action="store_true",
                         help="edge scenarios: pin the server to CPU 1 and smtp-source to CPU 0"
                         " (less run-to-run variance on a shared 2-core machine)")

@@ -75,7 +75,7 @@ from gevent import Greenlet
 
 from slimta.envelope import Envelope
 from slimta.logging import log_exception
-from slimta.policy import QueuePolicy
+from slimta.policy import QueuePolicy, apply_queue_policies
 from slimta.queue import QueueError
 from slimta.redisstorage import RedisStorage
 from slimta.relay import Relay
@@ -263,14 +263,7 @@ class CeleryQueue(DeliveryTask):
 
     # -- enqueuing -----------------------------------------------------------
     def _run_policies(self, envelope: Envelope) -> list[Envelope]:
-        current = [envelope]
-        for policy in self.queue_policies:
-            following: list[Envelope] = []
-            for env in current:
-                replaced = policy.apply(env)
-                following.extend(replaced if replaced else [env])
-            current = following
-        return current
+        return apply_queue_policies(self.queue_policies, envelope)
 
     def _enqueue_one(self, envelope: Envelope, now: float) -> str | QueueError:
         if not envelope.recipients:

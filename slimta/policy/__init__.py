@@ -10,7 +10,7 @@ from slimta.core import SlimtaError
 if TYPE_CHECKING:
     from slimta.envelope import Envelope
 
-__all__ = ["PolicyError", "QueuePolicy", "RelayPolicy"]
+__all__ = ["PolicyError", "QueuePolicy", "RelayPolicy", "apply_queue_policies"]
 
 
 class PolicyError(SlimtaError):
@@ -26,6 +26,28 @@ class QueuePolicy:
         :returns: replacement envelopes, or ``None``/empty to keep the original.
         """
         raise NotImplementedError()
+
+
+def apply_queue_policies(
+    policies: Iterable[QueuePolicy], envelope: Envelope
+) -> list[Envelope]:
+    """Run ``policies`` in order, each on every envelope the previous ones produced.
+
+    A policy that returns envelopes (a split) replaces the one it was given
+    with them; one that returns ``None`` or nothing keeps it. This is what
+    :class:`~slimta.queue.Queue` and :class:`~slimta.celeryqueue.CeleryQueue`
+    do before storing a message.
+
+    :returns: the envelopes to store, in order.
+    """
+    current = [envelope]
+    for policy in policies:
+        following: list[Envelope] = []
+        for env in current:
+            replaced = policy.apply(env)
+            following.extend(replaced if replaced else [env])
+        current = following
+    return current
 
 
 class RelayPolicy:

@@ -29,7 +29,7 @@ from gevent.pool import Group, Pool
 from slimta.core import SlimtaError
 from slimta.envelope import Envelope
 from slimta.logging import log_exception
-from slimta.policy import QueuePolicy
+from slimta.policy import QueuePolicy, apply_queue_policies
 from slimta.relay import PermanentRelayError, Relay, TransientRelayError
 from slimta.relay.pool import RelayPool
 from slimta.smtp.reply import Reply
@@ -290,16 +290,7 @@ class Queue(Greenlet):
         return default_backoff(envelope, attempts)
 
     def _run_policies(self, envelope: Envelope) -> list[Envelope]:
-        # Each policy runs on every envelope the previous ones produced; a policy
-        # returning envelopes (a split) replaces the one it was given.
-        current = [envelope]
-        for policy in self.queue_policies:
-            following: list[Envelope] = []
-            for env in current:
-                replaced = policy.apply(env)
-                following.extend(replaced if replaced else [env])
-            current = following
-        return current
+        return apply_queue_policies(self.queue_policies, envelope)
 
     # -- storing -----------------------------------------------------------
     def _store_call(self, func: Callable[..., Any], *args: Any) -> Any:
