@@ -44,10 +44,13 @@ class GatedRelay(RelayPool):
         self.most_in_flight = 0
         self.order: list[str] = []
         self.started: gevent.queue.Queue[str] = gevent.queue.Queue()
+        #: Set each time an attempt starts.
+        self.moved = Event()
 
     def attempt(self, envelope: Envelope, attempts: int) -> None:
         self.in_flight += 1
         self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        self.moved.set()
         self.order.append(envelope.recipients[0])
         self.started.put(envelope.recipients[0])
         try:
@@ -69,10 +72,12 @@ class PlainGatedRelay(Relay):
         self.gate = Event()
         self.in_flight = 0
         self.most_in_flight = 0
+        self.moved = Event()
 
     def attempt(self, envelope: Envelope, attempts: int) -> None:
         self.in_flight += 1
         self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        self.moved.set()
         try:
             self.gate.wait()
         finally:
@@ -85,10 +90,16 @@ class CountingStore(DictStorage):
     def __init__(self) -> None:
         super().__init__()
         self.gets: list[str] = []
+        #: Set each time a message is removed.
+        self.removed = Event()
 
     def get(self, id: str) -> tuple[Envelope, int]:
         self.gets.append(id)
         return super().get(id)
+
+    def remove(self, id: str) -> None:
+        super().remove(id)
+        self.removed.set()
 
 
 @pytest.fixture
@@ -108,10 +119,20 @@ def start(queues: list[Queue], store: Any, relay: Relay | None, **kwargs: Any) -
     return queue
 
 
-def wait_empty(store: DictStorage) -> None:
+def wait_empty(store: CountingStore) -> None:
+    """Wait, woken by each removal, until the store holds nothing."""
     with gevent.Timeout(GUARD_SECONDS):
         while store.env_db:
-            gevent.sleep(0.001)
+            store.removed.clear()
+            store.removed.wait()
+
+
+def wait_in_flight(relay: GatedRelay | PlainGatedRelay, count: int) -> None:
+    """Wait, woken by each attempt that starts, until ``count`` are in flight."""
+    with gevent.Timeout(GUARD_SECONDS):
+        while relay.in_flight < count:
+            relay.moved.clear()
+            relay.moved.wait()
 
 
 def test_default_bound_follows_the_relays_pool_size(queues) -> None:
@@ -161,9 +182,7 @@ def test_without_a_pool_size_nothing_is_bounded(queues, relay_factory) -> None:
     assert queue.max_attempts is None
     for n in range(30):
         queue.enqueue(make_envelope(rcpts=[f"r{n}@x.test"]))
-    with gevent.Timeout(GUARD_SECONDS):
-        while relay.in_flight < 30:
-            gevent.sleep(0.001)
+    wait_in_flight(relay, 30)
     relay.gate.set()
     wait_empty(store)
     assert relay.most_in_flight == 30
