@@ -334,8 +334,9 @@ def main() -> None:
                         help="import slimta from DIR (e.g. a `git archive` snapshot of a commit)"
                         " instead of the working tree")
     parser.add_argument("--base", metavar="DIR",
-                        help="edge and relay scenarios: also run slimta from DIR as 'slimta-base' (e.g."
-                        " a `git archive` snapshot of the previous commit), interleaved")
+                        help="edge and relay scenarios: also run slimta from DIR as"
+                        " 'slimta-base' (e.g. a `git archive` snapshot of the previous"
+                        " commit), interleaved")
     parser.add_argument("--pin", action="store_true",
                         help="edge scenarios: pin the server to CPU 1 and smtp-source to CPU 0"
                         " (less run-to-run variance on a shared 2-core machine)")
