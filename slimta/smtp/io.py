@@ -84,6 +84,7 @@ class IO:
         self._drained = True
         self._watched: Any = None
         self._read_watcher: Any = None
+        self._hub: Any = None
 
     # -- properties ----------------------------------------------------------
     @property
@@ -152,8 +153,9 @@ class IO:
 
         :param secret: mask the data in the debug log (AUTH exchanges).
         """
-        _log.send(self.socket, data, secret)  # type: ignore[arg-type]
         sock = self.socket
+        if _log.logger.isEnabledFor(logging.DEBUG):
+            _log.send(sock, data, secret)  # type: ignore[arg-type]
         try:
             # One send() is one syscall; gevent's sendall() asks the kernel for the
             # send buffer size (getsockopt) before every write. Only what the first
@@ -211,7 +213,7 @@ class IO:
             if wait_first and self._drained:
                 watcher = self._read_watcher if self._watched is sock else self._watch(sock)
                 if watcher is not None:
-                    get_hub().wait(watcher)
+                    self._hub.wait(watcher)
             data = sock.recv(RECV_BYTES)
         except (ConnectionError, ssl.SSLEOFError, ssl.SSLZeroReturnError):
             self._eof = True
@@ -234,7 +236,8 @@ class IO:
         self._drop_read_watcher()
         self._watched = sock
         if type(sock) is gevent.socket.socket and sock.timeout is None:
-            self._read_watcher = get_hub().loop.io(sock.fileno(), 1)
+            self._hub = get_hub()
+            self._read_watcher = self._hub.loop.io(sock.fileno(), 1)
         return self._read_watcher
 
     def _drop_read_watcher(self) -> None:
@@ -394,13 +397,15 @@ class IO:
 
     def send_reply(self, reply: Reply) -> None:
         """Queue ``reply``, one ``code-text`` line per text line."""
-        code = (reply.code or "").encode("ascii")
+        code_text = reply.code or ""
         esc = reply.enhanced_status_code
         lines = (reply.raw_message or "").splitlines() or [""]
-        prefix = (esc + " ").encode("ascii") if esc else b""
-        if len(lines) == 1:  # the common case, in one formatting step
-            self.send_buffer += b"%s %s%s\r\n" % (code, prefix, lines[0].encode("utf-8"))
+        if len(lines) == 1:  # the common case: one line, one encode
+            line = f"{code_text} {esc} {lines[0]}\r\n" if esc else f"{code_text} {lines[0]}\r\n"
+            self.send_buffer += line.encode("utf-8")
             return
+        code = code_text.encode("ascii")
+        prefix = (esc + " ").encode("ascii") if esc else b""
         out = []
         for i, line in enumerate(lines):
             sep = b" " if i == len(lines) - 1 else b"-"

@@ -80,6 +80,8 @@ _log = getSocketLogger(__name__)
 _RESERVED_HANDLERS = frozenset({"BANNER_", "TLSHANDSHAKE", "TLSHANDSHAKE2", "HAVE_DATA", "CLOSE"})
 _MAIL_PARAMS = frozenset({b"SIZE", b"BODY", b"SMTPUTF8", b"AUTH"})
 _BODY_VALUES = frozenset({b"7BIT", b"8BITMIME"})
+#: Reply codes after which the server ends the session.
+_CLOSE_CODES = frozenset({"221", "421"})
 #: What every session advertises.
 _DEFAULT_EXTENSIONS: dict[str, str | None] = dict.fromkeys(
     ("8BITMIME", "PIPELINING", "ENHANCEDSTATUSCODES", "SMTPUTF8")
@@ -241,12 +243,13 @@ class Server:
         return None
 
     def _check_close_code(self, reply: Reply) -> None:
-        if reply.code in ("221", "421"):
+        if reply.code in _CLOSE_CODES:
             raise _Close()
 
     def _send(self, reply: Reply) -> None:
         reply.send(self.io)
-        self._check_close_code(reply)
+        if reply.code in _CLOSE_CODES:
+            raise _Close()
 
     def _error(self, reply: Reply) -> None:
         """Answer a protocol error; too many of them end the session."""
