@@ -344,18 +344,18 @@ def main() -> None:
     if args.pin:
         global PIN
         PIN = True
-    if args.base:
-        global BASE_ENV
-        base = os.path.abspath(args.base)
-        if not os.path.isdir(os.path.join(base, "slimta")):
-            parser.error(f"{base} has no slimta/ package")
-        BASE_ENV = dict(os.environ, PYTHONPATH=base)
-    if args.tree:
-        global OURS_ENV
-        tree = os.path.abspath(args.tree)
+    def tree_env(path: str) -> dict[str, str]:
+        tree = os.path.abspath(path)
         if not os.path.isdir(os.path.join(tree, "slimta")):
             parser.error(f"{tree} has no slimta/ package")
-        OURS_ENV = dict(os.environ, PYTHONPATH=tree)
+        return dict(os.environ, PYTHONPATH=tree)
+
+    if args.base:
+        global BASE_ENV
+        BASE_ENV = tree_env(args.base)
+    if args.tree:
+        global OURS_ENV
+        OURS_ENV = tree_env(args.tree)
     unknown = [s for s in args.scenarios if s not in SCENARIOS]
     if unknown:
         parser.error(f"unknown scenario(s): {', '.join(unknown)}")

@@ -262,18 +262,23 @@ def test_max_idle_zero_keeps_no_greenlet(make: Factory) -> None:
     assert recycler.greenlets == frozenset()
 
 
+def park(recycler: GreenletRecycler, count: int) -> set[gevent.Greenlet]:
+    """Leave ``count`` greenlets parked: run that many calls at once, then let them end."""
+    parking = Calls()
+    for _ in range(count):
+        recycler.spawn(parking.blocked)
+    parking.wait_started(count)
+    parking.release.set()
+    join(recycler)
+    return set(parking.ran)
+
+
 # -- kill ----------------------------------------------------------------------------------
 
 
 def test_kill_ends_parked_and_running_greenlets(make: Factory) -> None:
     recycler = make()
-    parking = Calls()
-    for _ in range(3):
-        recycler.spawn(parking.blocked)
-    parking.wait_started(3)
-    parking.release.set()
-    join(recycler)
-    everyone = set(parking.ran)
+    everyone = park(recycler, 3)
     assert len(everyone) == 3
     running = Calls()
     recycler.spawn(running.blocked)  # one parked greenlet runs it, two stay parked
@@ -371,12 +376,7 @@ def test_a_killed_parked_greenlet_is_not_handed_calls(make: Factory) -> None:
 
 def test_calls_start_in_spawn_order(make: Factory) -> None:
     recycler = make()
-    parking = Calls()
-    for _ in range(3):
-        recycler.spawn(parking.blocked)
-    parking.wait_started(3)
-    parking.release.set()
-    join(recycler)
+    park(recycler, 3)
     assert len(recycler.greenlets) == 3
     started: list[int] = []
     for index in range(8):  # three reuse parked greenlets, five start new ones
