@@ -127,13 +127,6 @@ class Server:
        until TLS; AUTH fails unless the handlers implement ``AUTH``.
     """
 
-    #: ``_command_<VERB>`` methods by verb (bytes), built for each subclass.
-    _commands: dict[bytes, Any] = {}
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        cls._commands = _command_table(cls)
-
     def __init__(
         self,
         socket: Any,
@@ -312,9 +305,14 @@ class Server:
             pass
 
     def _handle_command(self, verb: bytes, arg: bytes | None) -> None:
-        command = self._commands.get(verb)
-        if command is not None:
-            command(self, arg)
+        # Looked up on the object each time, so that a subclass's method, or
+        # one patched onto the class or the instance later, is the one called.
+        name = _COMMAND_NAMES.get(verb)
+        if name is None:  # not a verb of this module: never cached (clients choose it)
+            name = "_command_" + verb.decode("ascii")
+        method = getattr(self, name, None)
+        if method is not None:
+            method(arg)
         else:
             self._command_custom(verb.decode("ascii"), arg)
 
@@ -602,14 +600,9 @@ class Server:
             self._send(reply)
 
 
-def _command_table(cls: type) -> dict[bytes, Any]:
-    """The ``_command_<VERB>`` methods of ``cls`` (and its bases), by verb."""
-    prefix = "_command_"
-    return {
-        name[len(prefix):].encode("ascii"): getattr(cls, name)
-        for name in dir(cls)
-        if name.startswith(prefix) and name[len(prefix):].isupper()
-    }
-
-
-Server._commands = _command_table(Server)
+#: ``_command_<VERB>`` method names by verb, for the verbs :class:`Server` has.
+_COMMAND_NAMES: dict[bytes, str] = {
+    name[len("_command_"):].encode("ascii"): name
+    for name in dir(Server)
+    if name.startswith("_command_") and name[len("_command_"):].isupper()
+}
