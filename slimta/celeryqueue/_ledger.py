@@ -16,7 +16,6 @@ is pushed on ``<prefix>queue`` (nothing would ever pop it). Per task name:
 from __future__ import annotations
 
 import logging
-import uuid
 from collections.abc import Callable
 from typing import Any, TypeAlias, TypeVar
 
@@ -24,8 +23,8 @@ import redis
 
 from slimta.envelope import Envelope
 from slimta.queue import QueueError
-from slimta.queue.codec import CodecError, dumps, loads
-from slimta.redisstorage import FORMAT_VERSION, RedisStorage
+from slimta.queue.codec import CodecError, loads
+from slimta.redisstorage import RedisStorage, new_record
 
 __all__ = ["Ledger", "Taken"]
 
@@ -126,15 +125,7 @@ class Ledger:
 
         :raises slimta.queue.QueueError: Redis failed or refused it.
         """
-        data = dumps(envelope, allow_pickle=False)
-        id = uuid.uuid4().hex
-        mapping = {
-            "v": FORMAT_VERSION,
-            "envelope": data,
-            "timestamp": repr(float(timestamp)),
-            "attempts": 0,
-            "recipients": len(envelope.recipients),
-        }
+        id, mapping = new_record(envelope, timestamp, allow_pickle=False)
 
         def work() -> None:
             pipe = self.redis.pipeline(transaction=True)

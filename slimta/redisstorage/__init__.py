@@ -42,7 +42,7 @@ from slimta.queue.codec import CodecError, dumps, loads
 
 from ._batch import Coalescer
 
-__all__ = ["RedisStorage", "GeventConnection"]
+__all__ = ["RedisStorage", "GeventConnection", "new_record"]
 
 _log = logging.getLogger(__name__)
 log = getQueueStorageLogger(__name__)
@@ -113,6 +113,23 @@ class GeventConnection(redis.Connection):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.settimeout(self.socket_timeout)
         return sock
+
+
+def new_record(
+    envelope: Envelope, timestamp: float, *, allow_pickle: bool = True
+) -> tuple[str, dict[str, Any]]:
+    """A new message's ID and the hash fields it is stored as (format :data:`FORMAT_VERSION`).
+
+    :param allow_pickle: see :func:`slimta.queue.codec.dump_parts`.
+    """
+    mapping = {
+        "v": FORMAT_VERSION,
+        "envelope": dumps(envelope, allow_pickle=allow_pickle),
+        "timestamp": repr(float(timestamp)),
+        "attempts": 0,
+        "recipients": len(envelope.recipients),
+    }
+    return uuid.uuid4().hex, mapping
 
 
 class RedisStorage(QueueStorage):
@@ -228,16 +245,7 @@ class RedisStorage(QueueStorage):
 
         :raises slimta.queue.QueueError: Redis refused it or could not be reached.
         """
-        data = dumps(envelope)
-        id = uuid.uuid4().hex
-        mapping = {
-            "v": FORMAT_VERSION,
-            "envelope": data,
-            "timestamp": repr(float(timestamp)),
-            "attempts": 0,
-            "recipients": len(envelope.recipients),
-        }
-
+        id, mapping = new_record(envelope, timestamp)
         entry = json.dumps([float(timestamp), id])
 
         def commands(pipe: Any) -> int:
