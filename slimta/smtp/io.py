@@ -14,6 +14,7 @@ own ``SSLContext.wrap_socket`` does it.
 
 from __future__ import annotations
 
+import errno
 import logging
 import re
 import ssl
@@ -205,7 +206,8 @@ class IO:
         return data
 
     def _recv_once(self, wait_first: bool = False) -> bytes:
-        # One recv; EOF and resets (TLS ones included) become ConnectionLost.
+        # One recv; EOF, resets (TLS ones included) and a socket closed under
+        # the wait (EBADF) become ConnectionLost.
         if self._eof:
             raise ConnectionLost()
         sock = self.socket
@@ -218,6 +220,11 @@ class IO:
         except (ConnectionError, ssl.SSLEOFError, ssl.SSLZeroReturnError):
             self._eof = True
             raise ConnectionLost()
+        except OSError as exc:
+            if exc.errno != errno.EBADF:
+                raise
+            self._eof = True
+            raise ConnectionLost() from exc
         if not data:
             self._eof = True
             raise ConnectionLost()

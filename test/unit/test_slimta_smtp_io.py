@@ -339,14 +339,13 @@ def test_recv_masked_waits_for_the_client_before_reading(
 ) -> None:
     io, peer = pair
     counter = _RecvCounter(monkeypatch, io.socket)
-    gevent.spawn_later(0.01, peer.send, b"EHLO client.test\r\n")
-    with gevent.Timeout(GUARD_SECONDS):
-        assert io.recv_masked() == b"EHLO client.test\r\n"
-    assert counter.calls == 1  # no read that could only fail with EAGAIN first
-    gevent.spawn_later(0.01, peer.send, b"QUIT\r\n")
-    with gevent.Timeout(GUARD_SECONDS):
-        assert io.recv_masked() == b"QUIT\r\n"
-    assert counter.calls == 2
+    for expected, line in enumerate((b"EHLO client.test\r\n", b"QUIT\r\n"), start=1):
+        reader = gevent.spawn(io.recv_masked)
+        gevent.idle()  # the reader now waits, with nothing sent yet
+        peer.send(line)
+        with gevent.Timeout(GUARD_SECONDS):
+            assert reader.get() == line
+        assert counter.calls == expected  # no read that could only fail with EAGAIN first
 
 
 def test_recv_masked_reads_at_once_after_a_full_read(pair: tuple[IO, Peer]) -> None:
@@ -363,7 +362,7 @@ def test_recv_masked_reads_at_once_after_a_full_read(pair: tuple[IO, Peer]) -> N
 def test_closing_the_io_wakes_a_reader_waiting_for_the_client(pair: tuple[IO, Peer]) -> None:
     io, _ = pair
     reader = gevent.spawn(io.recv_masked)
-    gevent.sleep(0)  # the reader now waits for the client
+    gevent.idle()  # the reader now waits for the client
     io.close()
     with gevent.Timeout(GUARD_SECONDS, AssertionError("the reader was not woken")):
         reader.join()
