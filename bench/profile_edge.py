@@ -65,7 +65,7 @@ def show_syscalls(path: str, count: int, top: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawTextHelpFormatter)
-    parser.add_argument("--server", choices=("slimta", "aiosmtpd"), default="slimta")
+    parser.add_argument("--server", choices=("slimta", "aiosmtpd", "floor"), default="slimta")
     parser.add_argument("--sessions", type=int, default=20)
     parser.add_argument("--count", type=int, default=4000)
     parser.add_argument("--rate", type=int, default=1000)

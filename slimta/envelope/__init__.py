@@ -52,6 +52,10 @@ class Envelope:
     _lazy_separator = False
     _raw_block: RawBlock | None = None
     _rendered: tuple[Message, list[Any], bytes] | None = None
+    _message: bytes | None = None
+    # parse() only keeps the bytes here; they are split into the header block
+    # and the body when headers, message or flatten() is first asked for.
+    _pending: bytes | None = None
 
     def __init__(
         self,
@@ -64,7 +68,7 @@ class Envelope:
         self.recipients: list[str] = recipients or []
         self._lazy_head = None
         self._headers = headers
-        self.message = message
+        self._message = message
         #: Facts about the client that handed us the message: ``ip``, ``host``,
         #: ``name`` (its EHLO), ``protocol``, ``auth``.
         self.client: dict[str, Any] = {}
@@ -84,6 +88,8 @@ class Envelope:
         Changing them changes what :meth:`flatten` writes for the fields
         changed, and only for those.
         """
+        if self._pending is not None:
+            self._split()
         head = self._lazy_head
         if head is not None:
             if self._lazy_separator:
@@ -97,13 +103,32 @@ class Envelope:
 
     @headers.setter
     def headers(self, value: Message | None) -> None:
+        if self._pending is not None:
+            self._split()  # the message keeps the body of what parse() got
         self._lazy_head = None
         self._headers = value
 
+    @property
+    def message(self) -> bytes | None:
+        """The bytes after the header block (``None`` if there is no message)."""
+        if self._pending is not None:
+            self._split()
+        return self._message
+
+    @message.setter
+    def message(self, value: bytes | None) -> None:
+        if self._pending is not None:
+            self._split()  # the headers stay those of what parse() got
+        self._message = value
+
     def __setstate__(self, state: dict[str, Any]) -> None:
-        if "headers" in state:  # pickled when headers was a plain attribute
+        if "headers" in state or "message" in state:
+            # Pickled when headers and message were plain attributes.
             state = dict(state)
-            state["_headers"] = state.pop("headers")
+            if "headers" in state:
+                state["_headers"] = state.pop("headers")
+            if "message" in state:
+                state["_message"] = state.pop("message")
         self.__dict__.update(state)
 
     def prepend_header(self, name: str, value: str) -> None:
@@ -169,6 +194,8 @@ class Envelope:
         return self._header_bytes(), self.message
 
     def _header_bytes(self) -> bytes:
+        if self._pending is not None:
+            self._split()
         head = self._lazy_head
         if head is not None:  # never read, so never changed
             return head
@@ -197,20 +224,29 @@ class Envelope:
         """
         if isinstance(data, str):
             data = data.encode("utf-8", "surrogateescape")
-        data = bytes(data)
+        # Split when first needed: an edge that only stores the envelope
+        # leaves that work to the relay, after the client has its reply.
+        self._pending = bytes(data)
         self._rendered = None
+        self._headers = None
+        self._raw_block = None
+        self._lazy_head = None
+        self._message = None
+
+    def _split(self) -> None:
+        data = self._pending
+        assert data is not None
+        self._pending = None
         head, separator, body_start = split_block(data)
         if all_fields(head):
             # The fields are read when headers is first asked for.
-            self._headers = None
-            self._raw_block = None
             self._lazy_head = head + b"\r\n" if separator else head
             self._lazy_separator = bool(separator)
-            self.message = data[body_start:]
+            self._message = data[body_start:]
             return
         block, body = read_block(data)
-        self.headers = block.message
-        self.message = body
+        self._headers = block.message
+        self._message = body
         self._raw_block = block
 
     def parse_msg(self, msg: Message) -> None:

@@ -8,12 +8,12 @@ the mapping handed out, and ``sync()`` is called when the mapping has it.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator, MutableMapping, Sequence
 from typing import Any
 
 from slimta import logging as slimta_logging
 from slimta.envelope import Envelope
+from slimta.util.randomid import random_hex
 
 from . import QueueStorage
 
@@ -53,7 +53,7 @@ class DictStorage(QueueStorage):
 
     def write(self, envelope: Envelope, timestamp: float) -> str:
         while True:
-            id = os.urandom(16).hex()  # 32 hex digits, like python-slimta's uuid4().hex
+            id = random_hex()  # 32 hex digits, like python-slimta's uuid4().hex
             if id not in self.env_db:
                 break
         # The envelope goes in first: load() lists metadata, so a crash between

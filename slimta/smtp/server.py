@@ -240,9 +240,15 @@ class Server:
             raise _Close()
 
     def _send(self, reply: Reply) -> None:
-        reply.send(self.io)
+        io = self.io
+        reply.send(io)
         if reply.code in _CLOSE_CODES:
-            raise _Close()
+            raise _Close()  # sent after the CLOSE handler ran
+        if not self.input.buffer:
+            # No pipelined command waits, so the client waits for this reply:
+            # it goes now, before the bookkeeping that follows it. Replies to
+            # pipelined commands are still sent together, once the last is read.
+            io.flush_send()
 
     def _error(self, reply: Reply) -> None:
         """Answer a protocol error; too many of them end the session."""

@@ -441,10 +441,87 @@ def test_pickles_with_and_without_unread_fields_load() -> None:
     assert unread.flatten() == env.flatten() and unread.headers["Subject"] == "hello"
     read = pickle.loads(pickle.dumps(unread))
     assert read.headers["Subject"] == "hello" and read.flatten() == env.flatten()
-    # What older releases pickled: headers as a plain attribute.
+    # What older releases pickled: headers and message as plain attributes.
     legacy = Envelope.__new__(Envelope)
     state = {key: value for key, value in vars(read).items() if not key.startswith("_")}
     state["headers"] = read.headers
+    state["message"] = read.message
     legacy.__setstate__(_copy.deepcopy(state))
     assert legacy.headers is not None and legacy.headers["Subject"] == "hello"
     assert legacy.flatten()[0] == b"From: a@example.com\r\nSubject: hello\r\n\r\n"
+    assert legacy.message == read.message
+
+
+@pytest.fixture
+def splits(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
+    """Every split of raw bytes into header block and body, in order."""
+    seen: list[bytes] = []
+    real = envelope_module.split_block
+
+    def recording(data: bytes) -> tuple[bytes, bytes, int]:
+        seen.append(data)
+        return real(data)
+
+    monkeypatch.setattr(envelope_module, "split_block", recording)
+    return seen
+
+
+@pytest.mark.parametrize("first", ["message", "headers", "flatten"])
+def test_parse_splits_only_when_the_message_is_first_used(splits: list[bytes], first: str) -> None:
+    env = Envelope()
+    env.parse(RAW)
+    assert splits == []
+    if first == "message":
+        assert env.message == b"line one\r\n.dot line\r\n"
+    elif first == "headers":
+        assert env.headers is not None and env.headers["Subject"] == "hello"
+    else:
+        assert env.flatten() == (b"From: a@example.com\r\nSubject: hello\r\n\r\n",
+                                 b"line one\r\n.dot line\r\n")
+    assert env.message == b"line one\r\n.dot line\r\n"
+    assert env.flatten()[0] == b"From: a@example.com\r\nSubject: hello\r\n\r\n"
+    assert splits == [RAW]  # once
+
+
+def test_message_set_before_the_split_keeps_the_parsed_headers(splits: list[bytes]) -> None:
+    env = Envelope()
+    env.parse(RAW)
+    env.message = b"new body\r\n"
+    assert env.flatten() == (b"From: a@example.com\r\nSubject: hello\r\n\r\n", b"new body\r\n")
+
+
+def test_headers_set_before_the_split_keep_the_parsed_body(splits: list[bytes]) -> None:
+    env = Envelope()
+    env.parse(RAW)
+    env.headers = None
+    assert env.message == b"line one\r\n.dot line\r\n"
+
+
+def test_a_second_parse_replaces_an_unsplit_first(splits: list[bytes]) -> None:
+    env = Envelope()
+    env.parse(RAW)
+    env.parse(b"Subject: two\r\n\r\nsecond\r\n")
+    assert env.flatten() == (b"Subject: two\r\n\r\n", b"second\r\n")
+    assert splits == [b"Subject: two\r\n\r\nsecond\r\n"]
+
+
+def test_an_unsplit_envelope_copies_and_pickles(splits: list[bytes]) -> None:
+    env = Envelope("a@example.com", ["b@example.com"])
+    env.parse(RAW)
+    twin = env.copy(["c@example.com"])
+    loaded = pickle.loads(pickle.dumps(env))
+    assert splits == []
+    for other in (twin, loaded):
+        assert other.flatten() == env.flatten()
+        assert other.headers["Subject"] == "hello"
+    twin.message = b"changed\r\n"
+    assert env.message == b"line one\r\n.dot line\r\n"
+
+
+def test_message_is_not_an_instance_attribute_programs_see() -> None:
+    # The queue codec stores the attributes a program set on the envelope
+    # (vars() without the private ones); message must not be one of them.
+    env = Envelope("a@example.com", ["b@example.com"])
+    env.parse(RAW)
+    assert "message" not in vars(env) and "headers" not in vars(env)
+    assert Envelope(message=b"x").message == b"x"
