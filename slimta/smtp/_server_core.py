@@ -316,11 +316,35 @@ class ServerInput:
         line = self.next_line()
         if line is None or isinstance(line, LineError):
             return line
-        verb, _, arg = line.partition(b" ")
-        if not _VERB_RE.match(verb):
-            return Command(b"", line)
-        arg = arg.strip(b" \t")
-        return Command(verb.upper(), arg or None)
+        return _command(line)
+
+    def feed_command(self, data: bytes) -> Command | LineError | None:
+        """:meth:`feed` ``data``, then return :meth:`next_command`.
+
+        The usual case, one whole command line arriving while nothing else
+        waits, is split straight from ``data`` without going through the buffer.
+        """
+        if (
+            not self.buffer
+            and data[-1:] == b"\n"
+            and data.find(b"\n") == len(data) - 1
+            and len(data) <= MAX_COMMAND_LINE_BYTES
+            and not self._skipping
+        ):
+            line = data[:-2] if data[-2:-1] == b"\r" else data[:-1]
+            if b"\r" in line or b"\0" in line:
+                return LineError(_bad_line())
+            return _command(line)
+        self.buffer += data
+        return self.next_command()
+
+
+def _command(line: bytes) -> Command:
+    verb, _, arg = line.partition(b" ")
+    if not _VERB_RE.match(verb):
+        return Command(b"", line)
+    arg = arg.strip(b" \t")
+    return Command(verb.upper(), arg or None)
 
 
 # -- MAIL / RCPT arguments -------------------------------------------------------

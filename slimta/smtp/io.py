@@ -403,21 +403,8 @@ class IO:
         return verb.upper(), (arg if arg else None)
 
     def send_reply(self, reply: Reply) -> None:
-        """Queue ``reply``, one ``code-text`` line per text line."""
-        code_text = reply.code or ""
-        esc = reply.enhanced_status_code
-        lines = (reply.raw_message or "").splitlines() or [""]
-        if len(lines) == 1:  # the common case: one line, one encode
-            line = f"{code_text} {esc} {lines[0]}\r\n" if esc else f"{code_text} {lines[0]}\r\n"
-            self.send_buffer += line.encode("utf-8")
-            return
-        code = code_text.encode("ascii")
-        prefix = (esc + " ").encode("ascii") if esc else b""
-        out = []
-        for i, line in enumerate(lines):
-            sep = b" " if i == len(lines) - 1 else b"-"
-            out.append(code + sep + prefix + line.encode("utf-8") + b"\r\n")
-        self.send_buffer += b"".join(out)
+        """Queue ``reply``, one ``code-text`` line per text line (:meth:`Reply.to_wire`)."""
+        self.send_buffer += reply.to_wire()
 
     # -- server side: reads whose log lines never show AUTH secrets ----------
     def recv_masked(self, secret: bool = False) -> bytes:

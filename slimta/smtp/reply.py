@@ -219,6 +219,31 @@ class Reply:
         self.newline_first = reply.newline_first
         return self
 
+    def to_wire(self) -> bytes:
+        """The reply as a server writes it: ``code[-| ][esc ]text`` and CRLF per text line.
+
+        The enhanced status code is the one :attr:`enhanced_status_code` gives,
+        repeated on every line of a multi-line reply.
+        """
+        code = self._code or ""
+        esc = self._esc
+        if esc is False or not code or code[0] not in "245":
+            esc = None
+        elif esc:
+            esc = code[0] + esc[1:]  # type: ignore[index]
+        else:
+            esc = code[0] + ".0.0"
+        lines = (self._message or "").splitlines() or [""]
+        if len(lines) == 1:  # the common case: one line, one encode
+            if esc:
+                return f"{code} {esc} {lines[0]}\r\n".encode()
+            return f"{code} {lines[0]}\r\n".encode()
+        prefix = f"{esc} " if esc else ""
+        last = len(lines) - 1
+        return "".join(
+            f"{code}{' ' if i == last else '-'}{prefix}{line}\r\n" for i, line in enumerate(lines)
+        ).encode()
+
     def is_error(self) -> bool:
         """True for 4xx and 5xx replies."""
         return bool(self._code) and self._code[0] in "45"  # type: ignore[index]

@@ -203,14 +203,22 @@ class Server:
         self.input.feed(io.recv_masked(secret))
 
     def _recv_command(self) -> tuple[bytes, bytes | None] | Reply:
-        command = self.input.next_command()
+        pending = self.input
+        command = pending.next_command() if pending.buffer else None
         if command is None:
             # The timeout runs only while the server waits for the client: a
             # pipelined command already buffered costs no timer at all.
+            io = self.io
             with self._timers.bound(self.command_timeout):
                 while command is None:
-                    self._recv_into_input()
-                    command = self.input.next_command()
+                    if io.send_buffer:
+                        io.flush_send()
+                    # An AUTH line split across reads: its second half must not
+                    # be logged either (only a partial line can be one).
+                    secret = bool(pending.buffer) and io.logs_data and (
+                        pending.partial_line_may_be_auth()
+                    )
+                    command = pending.feed_command(io.recv_masked(secret))
         if isinstance(command, LineError):
             return command.reply
         return command.verb, command.arg
@@ -243,7 +251,7 @@ class Server:
         io = self.io
         reply.send(io)
         if reply.code in _CLOSE_CODES:
-            raise _Close()  # sent after the CLOSE handler ran
+            raise _Close()
         if not self.input.buffer:
             # No pipelined command waits, so the client waits for this reply:
             # it goes now, before the bookkeeping that follows it. Replies to
@@ -285,8 +293,10 @@ class Server:
                     else:
                         self._error(unknown_command)
                 except _Close:
-                    self._call_custom_handler("CLOSE")
-                    self.io.flush_send()
+                    try:
+                        self.io.flush_send()  # the client has its last reply first
+                    finally:
+                        self._call_custom_handler("CLOSE")
                     break
                 except (ConnectionLost, _SessionTimeout):
                     raise

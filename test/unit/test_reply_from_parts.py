@@ -339,3 +339,31 @@ def test_methods_patched_in_later_are_dispatched(
     assert replies[4][0] == "500"  # _command_custom is not the verb CUSTOM
     assert replies[5][0] == "221"
     assert s.hooks.calls == [("patched NOOP", None), ("added XBAZ", b"1")]
+
+
+@pytest.mark.parametrize(
+    ("reply", "wire"),
+    [
+        (Reply("250", "2.1.0 Sender <a@b> Ok"), b"250 2.1.0 Sender <a@b> Ok\r\n"),
+        (Reply("250", "Ok"), b"250 2.0.0 Ok\r\n"),  # the default class code
+        (Reply("550", "5.7.1 No"), b"550 5.7.1 No\r\n"),
+        (Reply("451", "2.1.0 wrong class"), b"451 4.1.0 wrong class\r\n"),
+        (Reply("354", "Go ahead"), b"354 Go ahead\r\n"),  # 3xx: no status code
+        (Reply("220", "host ESMTP"), b"220 2.0.0 host ESMTP\r\n"),
+        (Reply("250", "hello\nPIPELINING\r\nSIZE 10"),
+         b"250-2.0.0 hello\r\n250-2.0.0 PIPELINING\r\n250 2.0.0 SIZE 10\r\n"),
+        (Reply("250", "caf\u00e9"), "250 2.0.0 caf\u00e9\r\n".encode()),
+        (Reply("250"), b"250 2.0.0 \r\n"),
+        (Reply(), b" \r\n"),
+    ],
+)
+def test_to_wire_writes_what_a_server_sends(reply: Reply, wire: bytes) -> None:
+    assert reply.to_wire() == wire
+
+
+def test_to_wire_leaves_out_a_suppressed_status_code() -> None:
+    reply = Reply("250", "2.1.0 Ok")
+    reply.enhanced_status_code = False
+    assert reply.to_wire() == b"250 Ok\r\n"
+    multi = Reply.from_parts("250", False, "one\ntwo")
+    assert multi.to_wire() == b"250-one\r\n250 two\r\n"

@@ -641,3 +641,58 @@ def test_auth_line_split_across_reads_is_not_logged(
     s.wire.send(line[2:])
     assert s.wire.reply()[0] == "535"
     assert b64(b"\0user\0s3cr3t-pw").decode()[4:] not in caplog.text
+
+
+# -- when replies leave ---------------------------------------------------------------
+
+
+class UnsentAtClose(Recorder):
+    """Records how many reply bytes were still unsent when CLOSE ran."""
+
+    server: Server
+
+    def CLOSE(self) -> None:  # noqa: N802
+        self._record("CLOSE", len(self.server.io.send_buffer))
+
+
+def test_the_last_reply_is_sent_before_the_close_handler_runs(session: SessionFactory) -> None:
+    recorder = UnsentAtClose()
+    s = session(recorder=recorder)
+    recorder.server = s.server
+    s.wire.send(b"QUIT\r\n")
+    assert s.wire.codes(2) == ["220", "221"]
+    assert s.outcome() is None
+    assert recorder.calls[-1] == ("CLOSE", (0,))
+
+
+def test_the_close_handler_runs_when_the_last_reply_cannot_be_sent(
+    session: SessionFactory,
+) -> None:
+    s = session()
+    assert s.wire.codes(1) == ["220"]
+    s.wire.send(b"QUIT\r\n")
+    s.wire.close()  # gone before the 221
+    assert isinstance(s.outcome(), ConnectionLost)
+    assert s.recorder.names()[-1] == "CLOSE"
+
+
+def test_a_lone_commands_reply_is_sent_before_the_bookkeeping_after_it(
+    session: SessionFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    unsent: list[int] = []
+    real = Server._reset_transaction
+
+    def reset(self: Server) -> None:
+        unsent.append(len(self.io.send_buffer))
+        real(self)
+
+    monkeypatch.setattr(Server, "_reset_transaction", reset)
+    s = session()
+    s.wire.send(b"HELO c.test\r\n")
+    assert s.wire.codes(2) == ["220", "250"]
+    # HELO resets the transaction after its reply: by then the reply was sent.
+    assert unsent == [0]
+    # Pipelined, the reply waits for the commands behind it, and goes with theirs.
+    s.wire.send(b"HELO c.test\r\nNOOP\r\n")
+    assert s.wire.codes(2) == ["250", "250"]
+    assert unsent[1] > 0

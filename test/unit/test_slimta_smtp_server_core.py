@@ -294,3 +294,76 @@ def test_partial_auth_line_is_detected(data: bytes, expected: bool) -> None:
     buf = ServerInput()
     buf.feed(data)
     assert buf.partial_line_may_be_auth() is expected
+
+
+# -- feed_command: the shortcut for one whole line agrees with feed + next_command --
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_LINE_BYTES = st.sampled_from(
+    [b"MAIL", b"FROM:<a@b>", b" ", b"\t", b"\r", b"\n", b"\r\n", b"\0", b"x", b"HELO", b"Q",
+     b"quit", b"1", b"\xff", b"A" * 700]
+)
+_CHUNKS = st.lists(st.lists(_LINE_BYTES, max_size=6).map(b"".join), min_size=1, max_size=5)
+
+
+def _drain(inp: ServerInput, first: object) -> list[object]:
+    out = [first]
+    while out[-1] is not None:
+        out.append(inp.next_command())
+    return out
+
+
+@settings(max_examples=400, deadline=None)
+@given(chunks=_CHUNKS)
+def test_feed_command_agrees_with_feed_then_next_command(chunks: list[bytes]) -> None:
+    slow, fast = ServerInput(), ServerInput()
+    for chunk in chunks:
+        slow.feed(chunk)
+        expected = _drain(slow, slow.next_command())
+        got = _drain(fast, fast.feed_command(chunk))
+        assert got == expected
+        assert bytes(fast.buffer) == bytes(slow.buffer)
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        (b"HELO there\r\n", Command(b"HELO", b"there")),
+        (b"quit\n", Command(b"QUIT", None)),
+        (b"\r\n", Command(b"", b"")),
+        (b"MAIL FROM:<a@b>  \r\n", Command(b"MAIL", b"FROM:<a@b>")),
+        (b"9x y\r\n", Command(b"", b"9x y")),
+    ],
+)
+def test_feed_command_splits_one_whole_line(data: bytes, expected: Command) -> None:
+    inp = ServerInput()
+    assert inp.feed_command(data) == expected
+    assert inp.buffer == b""
+
+
+@pytest.mark.parametrize("data", [b"HE\rLO\r\n", b"HELO \0x\r\n", b"HELO x\r\r\n"])
+def test_feed_command_refuses_a_bare_cr_or_nul_in_one_whole_line(data: bytes) -> None:
+    result = ServerInput().feed_command(data)
+    assert isinstance(result, LineError)
+    assert result.reply.code == "500"
+
+
+def test_feed_command_keeps_a_line_that_is_too_long_out() -> None:
+    inp = ServerInput()
+    result = inp.feed_command(b"X" * MAX_COMMAND_LINE_BYTES + b"\r\n")
+    assert isinstance(result, LineError) and result.reply.code == "500"
+    assert inp.buffer == b""
+    assert inp.feed_command(b"NOOP\r\n") == Command(b"NOOP", None)
+
+
+@pytest.mark.parametrize("size", [MAX_COMMAND_LINE_BYTES, MAX_COMMAND_LINE_BYTES + 1])
+def test_feed_command_takes_lines_up_to_the_limit_exactly(size: int) -> None:
+    data = b"NOOP " + b"x" * (size - 7) + b"\r\n"
+    assert len(data) == size
+    result = ServerInput().feed_command(data)
+    if size <= MAX_COMMAND_LINE_BYTES:
+        assert result == Command(b"NOOP", b"x" * (size - 7))
+    else:
+        assert isinstance(result, LineError) and result.reply.code == "500"
