@@ -471,7 +471,7 @@ class Server:
     ) -> tuple[str, dict[bytes, bytes | bool]] | None:
         try:
             address, rest = parse_path_argument(arg, keyword)  # type: ignore[arg-type]
-            params = gather_params(rest)
+            params = gather_params(rest) if rest else {}
         except (ValueError, UnicodeDecodeError):
             self._error(bad_arguments)
             return None
@@ -497,7 +497,7 @@ class Server:
         if params and not self.extended_smtp:
             self._error(Reply("555", "5.5.4 Parameters need EHLO"))
             return
-        if self._unsupported_param(params, _MAIL_PARAMS):
+        if params and self._unsupported_param(params, _MAIL_PARAMS):
             return
         if b"SIZE" in params:
             value = params[b"SIZE"]
@@ -531,7 +531,7 @@ class Server:
         if not self.have_mailfrom:
             self._error(bad_sequence)
             return
-        if self._unsupported_param(params, frozenset()):
+        if params and self._unsupported_param(params, frozenset()):
             return
         if self.recipients >= MAX_RECIPIENTS:
             Reply("452", "4.5.3 Too many recipients").send(self.io)
