@@ -403,7 +403,10 @@ class IO:
         return verb.upper(), (arg if arg else None)
 
     def send_reply(self, reply: Reply) -> None:
-        """Queue ``reply``, one ``code-text`` line per text line (:meth:`Reply.to_wire`)."""
+        """Queue ``reply``, one ``code-text`` line per text line.
+
+        The bytes are :meth:`~slimta.smtp.reply.Reply.to_wire`'s.
+        """
         self.send_buffer += reply.to_wire()
 
     # -- server side: reads whose log lines never show AUTH secrets ----------

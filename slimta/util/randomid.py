@@ -1,8 +1,8 @@
 """Random identifiers (queue IDs, delivery tokens) without a system call each.
 
-:func:`os.urandom` costs a ``getrandom`` system call per call, and a busy edge
+``os.urandom()`` costs a ``getrandom`` system call per call, and a busy edge
 needs one or two IDs per message. These functions take their bytes from a pool
-filled by one :func:`os.urandom` call per :data:`POOL_BYTES` bytes: the IDs are
+filled by one ``os.urandom()`` call per :data:`POOL_BYTES` bytes: the IDs are
 just as unpredictable, at a fraction of the cost. A forked child starts with an
 empty pool, so parent and child never hand out the same IDs.
 """
@@ -13,7 +13,7 @@ import os
 
 __all__ = ["POOL_BYTES", "random_hex", "random_uuid"]
 
-#: Bytes read from :func:`os.urandom` at once.
+#: Bytes read from ``os.urandom()`` at once.
 POOL_BYTES = 4096
 
 _pool = b""
