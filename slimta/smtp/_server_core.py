@@ -216,7 +216,6 @@ def _bad_line() -> Reply:
     return Reply("500", "5.5.2 Syntax error, invalid characters in command")
 
 
-_VERB_RE = re.compile(rb"[A-Za-z]{1,16}\Z")
 
 
 class ServerInput:
@@ -325,13 +324,13 @@ class ServerInput:
         waits, is split straight from ``data`` without going through the buffer.
         """
         if (
-            not self.buffer
-            and data[-1:] == b"\n"
+            data.endswith(b"\r\n")
+            and not self.buffer
             and data.find(b"\n") == len(data) - 1
             and len(data) <= MAX_COMMAND_LINE_BYTES
             and not self._skipping
         ):
-            line = data[:-2] if data[-2:-1] == b"\r" else data[:-1]
+            line = data[:-2]
             if b"\r" in line or b"\0" in line:
                 return LineError(_bad_line())
             return _command(line)
@@ -339,12 +338,15 @@ class ServerInput:
         return self.next_command()
 
 
+_new_tuple = tuple.__new__
+
+
 def _command(line: bytes) -> Command:
     verb, _, arg = line.partition(b" ")
-    if not _VERB_RE.match(verb):
-        return Command(b"", line)
-    arg = arg.strip(b" \t")
-    return Command(verb.upper(), arg or None)
+    # 1 to 16 ASCII letters (bytes.isalpha() is ASCII only).
+    if not verb.isalpha() or len(verb) > 16:
+        return _new_tuple(Command, (b"", line))
+    return _new_tuple(Command, (verb.upper(), arg.strip(b" \t") or None))
 
 
 # -- MAIL / RCPT arguments -------------------------------------------------------

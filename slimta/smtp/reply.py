@@ -233,8 +233,13 @@ class Reply:
             esc = code[0] + esc[1:]  # type: ignore[index]
         else:
             esc = code[0] + ".0.0"
-        lines = (self._message or "").splitlines() or [""]
-        if len(lines) == 1:  # the common case: one line, one encode
+        text = self._message or ""
+        if text.isprintable():  # the common case: one line (no line break is printable)
+            if esc:
+                return f"{code} {esc} {text}\r\n".encode()
+            return f"{code} {text}\r\n".encode()
+        lines = text.splitlines() or [""]
+        if len(lines) == 1:
             if esc:
                 return f"{code} {esc} {lines[0]}\r\n".encode()
             return f"{code} {lines[0]}\r\n".encode()

@@ -202,27 +202,6 @@ class Server:
             secret = self.input.partial_line_may_be_auth()
         self.input.feed(io.recv_masked(secret))
 
-    def _recv_command(self) -> tuple[bytes, bytes | None] | Reply:
-        pending = self.input
-        command = pending.next_command() if pending.buffer else None
-        if command is None:
-            # The timeout runs only while the server waits for the client: a
-            # pipelined command already buffered costs no timer at all.
-            io = self.io
-            with self._timers.bound(self.command_timeout):
-                while command is None:
-                    if io.send_buffer:
-                        io.flush_send()
-                    # An AUTH line split across reads: its second half must not
-                    # be logged either (only a partial line can be one).
-                    secret = bool(pending.buffer) and io.logs_data and (
-                        pending.partial_line_may_be_auth()
-                    )
-                    command = pending.feed_command(io.recv_masked(secret))
-        if isinstance(command, LineError):
-            return command.reply
-        return command.verb, command.arg
-
     def _recv_auth_line(self) -> bytes:
         with Timeout(self.command_timeout, _SessionTimeout):
             while True:
@@ -281,36 +260,55 @@ class Server:
             if not self._encrypt_session():
                 tls_failure.send(self.io, flush=True)
                 return
-        command: bytes | Reply = b"BANNER_"
+        pending = self.input
+        io = self.io
+        verb = b"BANNER_"
         arg: bytes | None = None
+        error: Reply | None = None
         while True:
             try:
                 try:
-                    if isinstance(command, Reply):
-                        self._error(command)
-                    elif command:
-                        self._handle_command(command, arg)
+                    if error is not None:
+                        self._error(error)
+                    elif verb:
+                        self._handle_command(verb, arg)
                     else:
                         self._error(unknown_command)
                 except _Close:
                     try:
-                        self.io.flush_send()  # the client has its last reply first
+                        io.flush_send()  # the client has its last reply first
                     finally:
                         self._call_custom_handler("CLOSE")
                     break
                 except (ConnectionLost, _SessionTimeout):
                     raise
                 except Exception:
-                    unhandled_error.send(self.io)
+                    unhandled_error.send(io)
                     self._flush_quietly()
                     raise
-                received = self._recv_command()
-                if isinstance(received, Reply):
-                    command, arg = received, None
+                # The next command. The timeout runs only while the server waits
+                # for the client: a pipelined command already buffered costs no
+                # timer at all.
+                command = pending.next_command() if pending.buffer else None
+                if command is None:
+                    with self._timers.bound(self.command_timeout):
+                        while command is None:
+                            if io.send_buffer:
+                                io.flush_send()
+                            # An AUTH line split across reads: its second half must
+                            # not be logged either (only a partial line can be one).
+                            secret = bool(pending.buffer) and io.logs_data and (
+                                pending.partial_line_may_be_auth()
+                            )
+                            command = pending.feed_command(io.recv_masked(secret))
+                if isinstance(command, LineError):
+                    error = command.reply
                 else:
-                    command, arg = received
+                    assert command is not None
+                    error = None
+                    verb, arg = command
             except _SessionTimeout:
-                timed_out.send(self.io)
+                timed_out.send(io)
                 self._flush_quietly()
                 raise ConnectionLost()
 

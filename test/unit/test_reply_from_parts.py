@@ -9,6 +9,8 @@ from typing import Any
 import gevent
 import pytest
 from gevent import socket as gsocket
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from support.smtp_wire import Wire
 from support.util import GUARD_SECONDS
 
@@ -367,3 +369,32 @@ def test_to_wire_leaves_out_a_suppressed_status_code() -> None:
     assert reply.to_wire() == b"250 Ok\r\n"
     multi = Reply.from_parts("250", False, "one\ntwo")
     assert multi.to_wire() == b"250-one\r\n250 two\r\n"
+
+
+def _reference_wire(reply: Reply) -> bytes:
+    """What a server sends, written out the long way: one line per text line."""
+    code = reply.code or ""
+    esc = reply.enhanced_status_code
+    lines = (reply.raw_message or "").splitlines() or [""]
+    out = b""
+    for i, line in enumerate(lines):
+        sep = " " if i == len(lines) - 1 else "-"
+        out += f"{code}{sep}{esc + ' ' if esc else ''}{line}\r\n".encode()
+    return out
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    code=st.sampled_from(["250", "354", "451", "550", "220", "100"]),
+    text=st.text(
+        alphabet=st.sampled_from(["a", " ", "\t", "\n", "\r", "\x0b", "\x1c", "\x85",
+                                  "\u2028", "\u00e9", "<", "5", ".", "\x00"]),
+        max_size=12,
+    ),
+    esc=st.sampled_from([None, False, "2.1.0", "5.7.1"]),
+)
+def test_to_wire_agrees_with_one_line_per_text_line(
+    code: str, text: str, esc: str | bool | None
+) -> None:
+    reply = Reply.from_parts(code, esc, text)
+    assert reply.to_wire() == _reference_wire(reply)

@@ -335,6 +335,10 @@ def test_feed_command_agrees_with_feed_then_next_command(chunks: list[bytes]) ->
         (b"\r\n", Command(b"", b"")),
         (b"MAIL FROM:<a@b>  \r\n", Command(b"MAIL", b"FROM:<a@b>")),
         (b"9x y\r\n", Command(b"", b"9x y")),
+        (b"ABCDEFGHIJKLMNOP x\r\n", Command(b"ABCDEFGHIJKLMNOP", b"x")),  # 16 letters
+        (b"ABCDEFGHIJKLMNOPQ x\r\n", Command(b"", b"ABCDEFGHIJKLMNOPQ x")),  # 17
+        (b"H\xc9LO x\r\n", Command(b"", b"H\xc9LO x")),  # letters are ASCII letters
+        (b"HELO\tx\r\n", Command(b"", b"HELO\tx")),
     ],
 )
 def test_feed_command_splits_one_whole_line(data: bytes, expected: Command) -> None:
