@@ -137,6 +137,17 @@ class DataDecoder:
         if self.done:
             self.leftover += bytes(data)
             return True
+        if self._line_start and not self._carry and data[:1] != b".":
+            # At a line start, not on a dot: the end marker cannot straddle the
+            # start, so when the rest of the message is all here it is cut
+            # straight out of data (the usual case: a message in one read).
+            data = bytes(data)
+            end = data.find(_END)
+            if end >= 0:
+                self._emit(data[: end + 2], 0)
+                self.leftover = data[end + 5 :]
+                self.done = True
+                return True
         prefix = b"\r\n" if self._line_start else b""
         stream = prefix + self._carry + bytes(data)
         plen = len(prefix)

@@ -371,3 +371,35 @@ def test_feed_command_takes_lines_up_to_the_limit_exactly(size: int) -> None:
         assert result == Command(b"NOOP", b"x" * (size - 7))
     else:
         assert isinstance(result, LineError) and result.reply.code == "500"
+
+
+_DATA_BYTES = st.sampled_from([b"a", b".", b"\r", b"\n", b"\r\n", b"\r\n.", b"\r\n.\r\n", b".\r\n",
+                               b" ", b"\0"])
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    pieces=st.lists(_DATA_BYTES, max_size=14).map(b"".join),
+    cuts=st.lists(st.integers(min_value=0, max_value=40), max_size=4),
+    policy=st.sampled_from(["normalize", "reject"]),
+)
+def test_data_read_whole_or_in_any_pieces_is_the_same(
+    pieces: bytes, cuts: list[int], policy: str
+) -> None:
+    wire = pieces + b"\r\n.\r\nNOOP\r\n"
+    bytewise = decode_all([bytes([b]) for b in wire], bare_newline=policy)
+    bounds = sorted({0, len(wire), *(c for c in cuts if c < len(wire))})
+    chunked = decode_all([wire[a:b] for a, b in zip(bounds, bounds[1:])], bare_newline=policy)
+    for decoder in (chunked, decode_all([wire], bare_newline=policy)):
+        assert decoder.done == bytewise.done
+        assert decoder.leftover == bytewise.leftover
+        assert decoder.bad_newline == bytewise.bad_newline
+        try:
+            expected: object = bytewise.result()
+        except BadDataError:
+            expected = BadDataError
+        try:
+            got: object = decoder.result()
+        except BadDataError:
+            got = BadDataError
+        assert got == expected
