@@ -298,6 +298,8 @@ def test_partial_auth_line_is_detected(data: bytes, expected: bool) -> None:
 
 # -- feed_command: the shortcut for one whole line agrees with feed + next_command --
 
+from itertools import pairwise  # noqa: E402
+
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
@@ -389,7 +391,7 @@ def test_data_read_whole_or_in_any_pieces_is_the_same(
     wire = pieces + b"\r\n.\r\nNOOP\r\n"
     bytewise = decode_all([bytes([b]) for b in wire], bare_newline=policy)
     bounds = sorted({0, len(wire), *(c for c in cuts if c < len(wire))})
-    chunked = decode_all([wire[a:b] for a, b in zip(bounds, bounds[1:])], bare_newline=policy)
+    chunked = decode_all([wire[a:b] for a, b in pairwise(bounds)], bare_newline=policy)
     for decoder in (chunked, decode_all([wire], bare_newline=policy)):
         assert decoder.done == bytewise.done
         assert decoder.leftover == bytewise.leftover
