@@ -334,22 +334,22 @@ class ServerInput:
         The usual case, one whole command line arriving while nothing else
         waits, is split straight from ``data`` without going through the buffer.
         """
-        if (
-            data.endswith(b"\r\n")
-            and not self.buffer
-            and data.find(b"\n") == len(data) - 1
-            and len(data) <= MAX_COMMAND_LINE_BYTES
-            and not self._skipping
-        ):
-            line = data[:-2]
-            if b"\r" in line or b"\0" in line:
-                return LineError(_bad_line())
-            return _command(line)
+        if not self.buffer and len(data) <= MAX_COMMAND_LINE_BYTES and not self._skipping:
+            match = _WHOLE_COMMAND_RE.fullmatch(data)
+            if match is not None:
+                verb, arg = match.groups()
+                if arg:
+                    arg = arg.strip(b" \t") or None
+                return _new_tuple(Command, (verb.upper(), arg or None))
         self.buffer += data
         return self.next_command()
 
 
 _new_tuple = tuple.__new__
+# One whole, well-formed command line: a verb of 1 to 16 letters, then optionally a
+# space and an argument without CR, LF or NUL, then CRLF. Anything else (a bad
+# line, more than one line, a verb that is not all letters) takes the long way.
+_WHOLE_COMMAND_RE = re.compile(rb"([A-Za-z]{1,16})(?: ([^\r\n\0]*))?\r\n")
 
 
 def _command(line: bytes) -> Command:
