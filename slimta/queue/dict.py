@@ -52,16 +52,20 @@ class DictStorage(QueueStorage):
             sync()
 
     def write(self, envelope: Envelope, timestamp: float) -> str:
+        env_db, meta_db = self.env_db, self.meta_db
         while True:
             id = random_hex()  # 32 hex digits, like python-slimta's uuid4().hex
-            if id not in self.env_db:
+            if id not in env_db:
                 break
         # The envelope goes in first: load() lists metadata, so a crash between
-        # the two writes leaves nothing half-visible.
-        self.env_db[id] = envelope
-        self._sync(self.env_db)
-        self.meta_db[id] = {"timestamp": timestamp, "attempts": 0}
-        self._sync(self.meta_db)
+        # the two writes leaves nothing half-visible. (A plain dict has nothing
+        # to sync: the check is made here, without a call.)
+        env_db[id] = envelope
+        if type(env_db) is not dict:
+            self._sync(env_db)
+        meta_db[id] = {"timestamp": timestamp, "attempts": 0}
+        if type(meta_db) is not dict:
+            self._sync(meta_db)
         log.write(id, envelope)
         return id
 
@@ -109,7 +113,8 @@ class DictStorage(QueueStorage):
             except KeyError:
                 pass
             else:
-                self._sync(db)
+                if type(db) is not dict:
+                    self._sync(db)
         log.remove(id)
 
     def get_info(self) -> dict[str, Any]:
