@@ -221,7 +221,9 @@ class SmtpSession:
         envelope.client["name"] = self.ehlo_as
         envelope.client["protocol"] = self.protocol
         envelope.client["auth"] = self.auth
-        envelope.parse(data)
+        # Split only when first needed: here that is in the relay, after the
+        # client has its reply.
+        envelope.parse(data, deferred=True)
         results = self.handoff(envelope)
         # One failed envelope (of a split) fails the whole message: a retry may
         # duplicate what was stored, a 250 would lose what was not.

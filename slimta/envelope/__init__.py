@@ -213,7 +213,7 @@ class Envelope:
         self._rendered = (headers, list(items), data)
         return data
 
-    def parse(self, data: bytes) -> None:
+    def parse(self, data: bytes, *, deferred: bool = False) -> None:
         """Split raw message bytes into :attr:`headers` and :attr:`message`.
 
         The header block ends at the first empty line (CRLF or LF, blanks
@@ -221,17 +221,23 @@ class Envelope:
         field ends the fields early; it and the rest are the body. Never
         raises: bytes that make no sense as headers are kept and relayed as
         given.
+
+        :param deferred: keep the bytes and split them only when
+            :attr:`headers`, :attr:`message` or :meth:`flatten` is first asked
+            for. The result is the same; the work moves to whoever needs it
+            first (an edge that only stores the message leaves it to the relay,
+            after the client has its reply).
         """
         if isinstance(data, str):
             data = data.encode("utf-8", "surrogateescape")
-        # Split when first needed: an edge that only stores the envelope
-        # leaves that work to the relay, after the client has its reply.
         self._pending = bytes(data)
         self._rendered = None
         self._headers = None
         self._raw_block = None
         self._lazy_head = None
         self._message = None
+        if not deferred:
+            self._split()
 
     def _split(self) -> None:
         data = self._pending

@@ -177,9 +177,12 @@ def _read_crlf_fields(
 
 
 # A block of nothing but named fields and their continuation lines, CRLF line
-# ends only: exactly the blocks _read_crlf_fields() reads (it needs at least one
-# field). One pass of the regex engine, nothing captured.
-_ALL_FIELDS_RE = re.compile(rb"(?:[\x21-\x39\x3b-\x7e]+:[^\r\n]*\r\n(?:[ \t][^\r\n]*\r\n)*)+")
+# ends only, is exactly what _read_crlf_fields() reads (it needs at least one
+# field). all_fields() checks it without walking every byte through the regex
+# engine: the line ends are counted, and only the line starts are matched.
+_FIELD_START_RE = re.compile(rb"[\x21-\x39\x3b-\x7e]+:")
+#: A line start inside the block that is neither a field nor a continuation.
+_BAD_LINE_START_RE = re.compile(rb"\r\n(?![ \t]|[\x21-\x39\x3b-\x7e]+:|\Z)")
 
 
 def split_block(data: bytes) -> tuple[bytes, bytes, int]:
@@ -208,7 +211,12 @@ def all_fields(head: bytes) -> bool:
     body starts right after the block, so reading the fields can wait until
     they are asked for (:func:`read_fields`).
     """
-    return _ALL_FIELDS_RE.fullmatch(head) is not None
+    if not head.endswith(b"\r\n"):
+        return False
+    crlf = head.count(b"\r\n")
+    if head.count(b"\r") != crlf or head.count(b"\n") != crlf:
+        return False  # a bare CR or LF
+    return _FIELD_START_RE.match(head) is not None and _BAD_LINE_START_RE.search(head) is None
 
 
 def read_fields(head: bytes, separator: bytes, policy: Policy = SMTP) -> RawBlock:

@@ -338,3 +338,30 @@ def test_edge_handoff_stamps_the_envelope() -> None:
     assert edge.handoff(env) == [(env, "id-1")]
     assert env.receiver == "mx.test" and env.timestamp is not None
     edge.kill()
+
+
+def test_the_edge_leaves_splitting_the_message_to_whoever_reads_it(
+    smtp_edge: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import slimta.envelope as envelope_module
+
+    splits: list[bytes] = []
+    real = envelope_module.split_block
+
+    def recording(data: bytes) -> tuple[bytes, bytes, int]:
+        splits.append(data)
+        return real(data)
+
+    monkeypatch.setattr(envelope_module, "split_block", recording)
+    e: EdgeUnderTest = smtp_edge()
+    wire = connect(e.address)
+    try:
+        assert send_message(wire)[-1] == ("250", "2.6.0 Message accepted for delivery")
+    finally:
+        wire.close()
+    (env,) = e.stored()
+    assert splits == []  # stored, not split
+    header, body = env.flatten()
+    assert header + body == MESSAGE.replace(b"\r\n..", b"\r\n.")
+    assert env.headers is not None and env.headers["Subject"] == "edge"
+    assert len(splits) == 1

@@ -467,9 +467,11 @@ def splits(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
 
 
 @pytest.mark.parametrize("first", ["message", "headers", "flatten"])
-def test_parse_splits_only_when_the_message_is_first_used(splits: list[bytes], first: str) -> None:
+def test_deferred_parse_splits_only_when_the_message_is_first_used(
+    splits: list[bytes], first: str
+) -> None:
     env = Envelope()
-    env.parse(RAW)
+    env.parse(RAW, deferred=True)
     assert splits == []
     if first == "message":
         assert env.message == b"line one\r\n.dot line\r\n"
@@ -485,29 +487,29 @@ def test_parse_splits_only_when_the_message_is_first_used(splits: list[bytes], f
 
 def test_message_set_before_the_split_keeps_the_parsed_headers(splits: list[bytes]) -> None:
     env = Envelope()
-    env.parse(RAW)
+    env.parse(RAW, deferred=True)
     env.message = b"new body\r\n"
     assert env.flatten() == (b"From: a@example.com\r\nSubject: hello\r\n\r\n", b"new body\r\n")
 
 
 def test_headers_set_before_the_split_keep_the_parsed_body(splits: list[bytes]) -> None:
     env = Envelope()
-    env.parse(RAW)
+    env.parse(RAW, deferred=True)
     env.headers = None
     assert env.message == b"line one\r\n.dot line\r\n"
 
 
 def test_a_second_parse_replaces_an_unsplit_first(splits: list[bytes]) -> None:
     env = Envelope()
-    env.parse(RAW)
-    env.parse(b"Subject: two\r\n\r\nsecond\r\n")
+    env.parse(RAW, deferred=True)
+    env.parse(b"Subject: two\r\n\r\nsecond\r\n", deferred=True)
     assert env.flatten() == (b"Subject: two\r\n\r\n", b"second\r\n")
     assert splits == [b"Subject: two\r\n\r\nsecond\r\n"]
 
 
 def test_an_unsplit_envelope_copies_and_pickles(splits: list[bytes]) -> None:
     env = Envelope("a@example.com", ["b@example.com"])
-    env.parse(RAW)
+    env.parse(RAW, deferred=True)
     twin = env.copy(["c@example.com"])
     loaded = pickle.loads(pickle.dumps(env))
     assert splits == []
@@ -522,6 +524,49 @@ def test_message_is_not_an_instance_attribute_programs_see() -> None:
     # The queue codec stores the attributes a program set on the envelope
     # (vars() without the private ones); message must not be one of them.
     env = Envelope("a@example.com", ["b@example.com"])
-    env.parse(RAW)
+    env.parse(RAW, deferred=True)
     assert "message" not in vars(env) and "headers" not in vars(env)
     assert Envelope(message=b"x").message == b"x"
+
+
+def test_parse_splits_at_once_unless_deferred(splits: list[bytes]) -> None:
+    Envelope().parse(RAW)
+    assert splits == [RAW]
+    Envelope().parse(RAW, deferred=True)
+    assert splits == [RAW]
+
+
+@pytest.mark.parametrize("name", corpus_names())
+def test_deferred_and_immediate_parse_agree(name: str) -> None:
+    data = load(name)
+    now, later = Envelope(), Envelope()
+    now.parse(data)
+    later.parse(data, deferred=True)
+    assert later.flatten() == now.flatten()
+    assert later.message == now.message
+    assert list(later.headers.items()) == list(now.headers.items())  # type: ignore[union-attr]
+
+
+# all_fields() against the whole-block pattern it replaced (one regex pass over
+# every byte): both must accept exactly the same blocks.
+_WHOLE_BLOCK_RE = re.compile(rb"(?:[\x21-\x39\x3b-\x7e]+:[^\r\n]*\r\n(?:[ \t][^\r\n]*\r\n)*)+")
+_BLOCK_PIECES = st.sampled_from(
+    [b"Subject: x", b"To:", b"X-A:b", b"\r\n", b"\r", b"\n", b" ", b"\t", b":", b"a", b"\x7f",
+     b"\xe9", b"\r\n ", b"\r\n\t", b"\r\n\r\n", b"Bad line", b"\x00"]
+)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.lists(_BLOCK_PIECES, max_size=10).map(b"".join))
+def test_all_fields_accepts_what_the_whole_block_pattern_accepts(head: bytes) -> None:
+    from slimta.envelope._headers import all_fields
+
+    assert all_fields(head) == (_WHOLE_BLOCK_RE.fullmatch(head) is not None)
+
+
+@pytest.mark.parametrize("name", corpus_names())
+def test_all_fields_agrees_on_the_corpus(name: str) -> None:
+    from slimta.envelope._headers import all_fields, split_block
+
+    head = split_block(load(name))[0]
+    assert all_fields(head) == (_WHOLE_BLOCK_RE.fullmatch(head) is not None)
