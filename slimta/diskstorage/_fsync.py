@@ -48,6 +48,7 @@ class DirectorySync:
         with self._cond:
             self._requested += 1
             ticket = self._requested
+            self._cond.notify_all()  # for wait_for_requests()
             while self._flushed < ticket:
                 if self._running:
                     self._cond.wait()
@@ -65,3 +66,13 @@ class DirectorySync:
                 if ok:
                     self.flushes += 1
                     self._flushed = max(self._flushed, covers)
+
+    def wait_for_requests(self, count: int, timeout: float | None = None) -> bool:
+        """Block until :meth:`sync` has been called ``count`` times in all.
+
+        For tests and benchmarks that line writers up behind a running flush.
+
+        :returns: ``False`` if ``timeout`` ran out first.
+        """
+        with self._cond:
+            return self._cond.wait_for(lambda: self._requested >= count, timeout)

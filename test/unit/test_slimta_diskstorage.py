@@ -241,9 +241,7 @@ def test_concurrent_writers_share_directory_flushes(monkeypatch, tmp_path):
         thread = threading.Thread(target=syncer.sync)
         threads.append(thread)
         thread.start()
-    deadline = time.monotonic() + 10
-    while syncer._requested < 6 and time.monotonic() < deadline:
-        time.sleep(0.001)
+    assert syncer.wait_for_requests(6, GUARD_SECONDS)
     others_waiting.set()
     for thread in threads:
         thread.join(GUARD_SECONDS)
@@ -282,9 +280,7 @@ def test_concurrent_writes_take_one_file_flush_each_and_share_the_directory_flus
         if len(dir_flushes) == 1:
             # Hold the first directory flush until every writer has asked for
             # one: they must then share the next.
-            deadline = time.monotonic() + 10
-            while syncer._requested < writers and time.monotonic() < deadline:
-                time.sleep(0.001)
+            assert syncer.wait_for_requests(writers, GUARD_SECONDS)
         real_fsync_dir(path)
 
     monkeypatch.setattr(os, "fsync", fsync)
@@ -322,3 +318,15 @@ def test_one_directory_for_everything(tmp_path):
     assert attempts == 1 and env.recipients == received_envelope().recipients[1:]
     again.remove(id)
     assert os.listdir(spool) == [other + ".env"] and again.get_info() == {"size": 1}
+
+
+def test_wait_for_requests_counts_sync_calls(tmp_path):
+    from slimta.diskstorage import _fsync
+
+    syncer = _fsync.DirectorySync(str(tmp_path))
+    assert syncer.wait_for_requests(0, 0)
+    assert not syncer.wait_for_requests(1, 0)
+    syncer.sync()
+    syncer.sync()
+    assert syncer.wait_for_requests(2, 0)
+    assert not syncer.wait_for_requests(3, 0.01)
