@@ -10,6 +10,7 @@ import gevent
 import pytest
 import support.smtp_edge
 from gevent.event import Event
+from support.envelopes import record_splits
 from support.smtp_edge import PASSWORD, USER, EdgeUnderTest
 from support.smtp_wire import Wire, connect
 from support.util import GUARD_SECONDS
@@ -343,16 +344,7 @@ def test_edge_handoff_stamps_the_envelope() -> None:
 def test_the_edge_leaves_splitting_the_message_to_whoever_reads_it(
     smtp_edge: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import slimta.envelope as envelope_module
-
-    splits: list[bytes] = []
-    real = envelope_module.split_block
-
-    def recording(data: bytes) -> tuple[bytes, bytes, int]:
-        splits.append(data)
-        return real(data)
-
-    monkeypatch.setattr(envelope_module, "split_block", recording)
+    splits = record_splits(monkeypatch)
     e: EdgeUnderTest = smtp_edge()
     wire = connect(e.address)
     try:

@@ -20,6 +20,7 @@ __all__ = [
     "DEFAULT_RCPT",
     "DEFAULT_SENDER",
     "make_envelope",
+    "record_splits",
 ]
 
 #: Envelope sender used when a test does not name one.
@@ -67,3 +68,22 @@ def make_envelope(
     if receiver is not None:
         env.receiver = receiver
     return env
+
+
+def record_splits(monkeypatch: Any) -> list[bytes]:
+    """Record every split of raw bytes into header block and body, in order.
+
+    ``monkeypatch`` is pytest's fixture; the list fills as envelopes split.
+    """
+    import slimta.envelope as envelope_module
+
+    seen: list[bytes] = []
+    real = envelope_module.split_block
+
+    def recording(data: bytes) -> tuple[bytes, bytes, int]:
+        seen.append(data)
+        return real(data)
+
+    monkeypatch.setattr(envelope_module, "split_block", recording)
+    return seen
+

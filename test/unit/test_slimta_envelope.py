@@ -5,6 +5,7 @@ from email.message import Message
 
 import pytest
 from support.corpus import corpus_names, load
+from support.envelopes import record_splits
 
 import slimta.envelope as envelope_module
 from slimta.envelope import Envelope
@@ -455,15 +456,7 @@ def test_pickles_with_and_without_unread_fields_load() -> None:
 @pytest.fixture
 def splits(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
     """Every split of raw bytes into header block and body, in order."""
-    seen: list[bytes] = []
-    real = envelope_module.split_block
-
-    def recording(data: bytes) -> tuple[bytes, bytes, int]:
-        seen.append(data)
-        return real(data)
-
-    monkeypatch.setattr(envelope_module, "split_block", recording)
-    return seen
+    return record_splits(monkeypatch)
 
 
 @pytest.mark.parametrize("first", ["message", "headers", "flatten"])
