@@ -4,12 +4,16 @@
 needs one or two IDs per message. These functions take their bytes from a pool
 filled by one ``os.urandom()`` call per :data:`POOL_BYTES` bytes: the IDs are
 just as unpredictable, at a fraction of the cost. A forked child starts with an
-empty pool, so parent and child never hand out the same IDs.
+empty pool, so parent and child never hand out the same IDs. A store may run
+in a thread pool, so taking from the pool holds a lock: an OS lock, which is
+never held across a switch to another greenlet.
 """
 
 from __future__ import annotations
 
 import os
+
+from gevent.monkey import get_original
 
 __all__ = ["POOL_BYTES", "random_hex", "random_uuid"]
 
@@ -18,17 +22,20 @@ POOL_BYTES = 4096
 
 _pool = b""
 _offset = 0
+_lock = get_original("_thread", "allocate_lock")()
 
 
 def _take(count: int) -> bytes:
     global _pool, _offset
-    start = _offset
-    end = start + count
-    if end > len(_pool):
-        _pool = os.urandom(max(POOL_BYTES, count))
-        start, end = 0, count
-    _offset = end
-    return _pool[start:end]
+    with _lock:
+        pool = _pool
+        start = _offset
+        end = start + count
+        if end > len(pool):
+            pool = _pool = os.urandom(max(POOL_BYTES, count))
+            start, end = 0, count
+        _offset = end
+        return pool[start:end]
 
 
 def random_hex(nbytes: int = 16) -> str:

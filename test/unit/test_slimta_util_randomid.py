@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 import re
+import threading
 import uuid
 
 import pytest
+from support.util import GUARD_SECONDS
 
 import slimta.util.randomid as randomid
 from slimta.util.randomid import random_hex, random_uuid
@@ -86,3 +88,26 @@ def test_a_forked_child_draws_other_ids_than_its_parent() -> None:
     parent = random_hex()
     assert len(child) == 32
     assert child.decode("ascii") != parent
+
+
+def test_threads_never_share_an_id(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Another thread asks for an ID in the middle of this one's _take() (here:
+    # when the pool's length is read). Without the lock both read the same
+    # offset and hand out the same bytes.
+    class Interrupting(bytes):
+        def __len__(self) -> int:
+            if threading.current_thread() is main and not other:
+                thread = threading.Thread(target=lambda: other.append(random_hex()))
+                thread.start()
+                thread.join(0.05)  # with the lock, it waits for this _take to end
+                interrupting.append(thread)
+            return bytes.__len__(self)
+
+    main = threading.current_thread()
+    other: list[str] = []
+    interrupting: list[threading.Thread] = []
+    monkeypatch.setattr(randomid, "_pool", Interrupting(os.urandom(randomid.POOL_BYTES)))
+    monkeypatch.setattr(randomid, "_offset", 0)
+    mine = random_hex()
+    interrupting[0].join(GUARD_SECONDS)
+    assert other and other[0] != mine
