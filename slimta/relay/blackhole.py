@@ -32,4 +32,3 @@ class BlackholeRelay(Relay):
         :returns: ``250 2.0.0 Message Delivered; <uuid>`` (a random UUID, version 4).
         """
         return Reply.from_parts("250", "2.0.0", f"Message Delivered; {random_uuid()}")
-

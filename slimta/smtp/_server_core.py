@@ -227,8 +227,6 @@ def _bad_line() -> Reply:
     return Reply("500", "5.5.2 Syntax error, invalid characters in command")
 
 
-
-
 class ServerInput:
     """The server's receive buffer: command lines, AUTH lines and message data.
 

@@ -194,20 +194,27 @@ class Server:
         return self.io.encrypted
 
     # -- input -----------------------------------------------------------------
-    def _recv_into_input(self, secret: bool = False) -> None:
+    def _read(self, secret: bool = False) -> bytes:
+        """Send what waits, then read once from the client.
+
+        :param secret: the whole read is an AUTH response (logged by size only).
+            Otherwise an AUTH line split across reads is masked too: its second
+            half must not be logged either (only a partial line can be one).
+        """
         io = self.io
-        io.flush_send()
-        # An AUTH line split across reads: its second half must not be logged either.
-        if not secret and io.logs_data:
-            secret = self.input.partial_line_may_be_auth()
-        self.input.feed(io.recv_masked(secret))
+        if io.send_buffer:
+            io.flush_send()
+        pending = self.input
+        if not secret and pending.buffer and io.logs_data:
+            secret = pending.partial_line_may_be_auth()
+        return io.recv_masked(secret)
 
     def _recv_auth_line(self) -> bytes:
         with Timeout(self.command_timeout, _SessionTimeout):
             while True:
                 line = self.input.next_line(MAX_AUTH_LINE_BYTES)
                 if line is None:
-                    self._recv_into_input(secret=True)
+                    self.input.feed(self._read(secret=True))
                 elif isinstance(line, LineError):
                     raise ServerAuthError(
                         "Invalid AUTH response", Reply("501", "5.5.2 Invalid authentication string")
@@ -293,14 +300,7 @@ class Server:
                 if command is None:
                     with self._timers.bound(self.command_timeout):
                         while command is None:
-                            if io.send_buffer:
-                                io.flush_send()
-                            # An AUTH line split across reads: its second half must
-                            # not be logged either (only a partial line can be one).
-                            secret = bool(pending.buffer) and io.logs_data and (
-                                pending.partial_line_may_be_auth()
-                            )
-                            command = pending.feed_command(io.recv_masked(secret))
+                            command = pending.feed_command(self._read())
                 if isinstance(command, LineError):
                     error = command.reply
                 else:
