@@ -110,6 +110,8 @@ class SmtpSession:
         self.auth: tuple[str, str] | None = None
         self._ptr_lookup: PtrLookup | None = None
 
+    # The hooks a message passes through check ``self.validators`` before calling
+    # this, to save a call per command when there are none.
     def _call_validator(self, command: str, *args: Any) -> None:
         validators = self.validators
         if validators is None:
@@ -145,14 +147,16 @@ class SmtpSession:
         self._call_validator("banner", reply, self.address)
 
     def EHLO(self, reply: Reply, ehlo_as: str) -> None:  # noqa: N802
-        self._call_validator("ehlo", reply, ehlo_as)
+        if self.validators is not None:
+            self._call_validator("ehlo", reply, ehlo_as)
         self.extended_smtp = True
         if reply.code == "250":
             self.ehlo_as = ehlo_as
             self.envelope = None
 
     def HELO(self, reply: Reply, helo_as: str) -> None:  # noqa: N802
-        self._call_validator("helo", reply, helo_as)
+        if self.validators is not None:
+            self._call_validator("helo", reply, helo_as)
         if reply.code == "250":
             self.ehlo_as = helo_as
             self.envelope = None
@@ -181,11 +185,13 @@ class SmtpSession:
         self._call_validator("noop", reply)
 
     def QUIT(self, reply: Reply) -> None:  # noqa: N802
-        self._call_validator("quit", reply)
+        if self.validators is not None:
+            self._call_validator("quit", reply)
 
     def CLOSE(self) -> None:  # noqa: N802
         self._stop_ptr_lookup()
-        self._call_validator("close")
+        if self.validators is not None:
+            self._call_validator("close")
 
     def _stop_ptr_lookup(self) -> None:
         lookup, self._ptr_lookup = self._ptr_lookup, None
@@ -193,24 +199,28 @@ class SmtpSession:
             lookup.kill(block=False)
 
     def MAIL(self, reply: Reply, address: str, params: dict[bytes, Any]) -> None:  # noqa: N802
-        self._call_validator("mail", reply, address, params)
+        if self.validators is not None:
+            self._call_validator("mail", reply, address, params)
         if reply.code == "250":
             self.envelope = Envelope(sender=address)
 
     def RCPT(self, reply: Reply, address: str, params: dict[bytes, Any]) -> None:  # noqa: N802
-        self._call_validator("rcpt", reply, address, params)
+        if self.validators is not None:
+            self._call_validator("rcpt", reply, address, params)
         if reply.code == "250" and self.envelope is not None:
             self.envelope.recipients.append(address)
 
     def DATA(self, reply: Reply) -> None:  # noqa: N802
-        self._call_validator("data", reply)
+        if self.validators is not None:
+            self._call_validator("data", reply)
 
     def HAVE_DATA(self, reply: Reply, data: bytes | None, err: Exception | None) -> None:  # noqa: N802
         if err is not None:
             # The server has set the reply (552 too big, 550 bare newline).
             self.envelope = None
             return
-        self._call_validator("have_data", reply, data)
+        if self.validators is not None:
+            self._call_validator("have_data", reply, data)
         if reply.code != "250" or self.envelope is None or data is None:
             self.envelope = None
             return
@@ -236,7 +246,8 @@ class SmtpSession:
             reply.copy(first.reply)
         else:
             reply.message = "2.6.0 Message accepted for delivery"
-        self._call_validator("queued", reply, results)
+        if self.validators is not None:
+            self._call_validator("queued", reply, results)
 
 
 class SmtpEdge(EdgeServer):

@@ -38,6 +38,7 @@ __all__ = [
     "DataDecoder",
     "ServerInput",
     "parse_path_argument",
+    "PLAIN_PATH_PATTERNS",
     "gather_params",
     "render_extensions",
     "auth_failure_delay",
@@ -142,9 +143,14 @@ class DataDecoder:
             # start, so when the rest of the message is all here it is cut
             # straight out of data (the usual case: a message in one read).
             data = bytes(data)
-            end = data.find(_END)
+            # The first "<CRLF>." is the end marker's when no line before it
+            # starts with a dot: then there is no dot-stuffing to undo either.
+            end = data.find(b"\r\n.")
+            stuffed = end >= 0 and not data.startswith(_END, end)
+            if stuffed:
+                end = data.find(_END, end)
             if end >= 0:
-                self._emit(data[: end + 2], 0)
+                self._emit(data[: end + 2], 0, stuffed)
                 self.leftover = data[end + 5 :]
                 self.done = True
                 return True
@@ -171,11 +177,13 @@ class DataDecoder:
             self._emit(stream[:cut], plen)
         return False
 
-    def _emit(self, segment: bytes, plen: int) -> None:
+    def _emit(self, segment: bytes, plen: int, stuffed: bool = True) -> None:
         if self.discarding:
             return
-        # Undo dot-stuffing: the first dot of every line (real CRLF lines only).
-        segment = segment.replace(b"\r\n.", b"\r\n")[plen:]
+        if stuffed:
+            # Undo dot-stuffing: the first dot of every line (real CRLF lines only).
+            segment = segment.replace(b"\r\n.", b"\r\n")
+        segment = segment[plen:]
         crlf = segment.count(b"\r\n")
         if segment.count(b"\r") != crlf or segment.count(b"\n") != crlf:
             self.bad_newline = True
@@ -364,6 +372,16 @@ _FROM_RE = re.compile(rb"FROM:[ \t]*<", re.I)
 _TO_RE = re.compile(rb"TO:[ \t]*<", re.I)
 _CONTROL_RE = re.compile(rb"[\x00-\x1f\x7f]")
 _PARAM_RE = re.compile(rb"([A-Za-z0-9][A-Za-z0-9-]*)(?:=([\x21-\x3c\x3e-\x7e]*))?\Z")
+
+
+#: ``FROM:<addr>`` and ``TO:<addr>`` with nothing else: no space before the path,
+#: no parameters, no quoted string, no control character. A line that matches one
+#: of these whole gives what :func:`parse_path_argument` gives (the address, no
+#: parameters) without the general parse; any other line takes the general parse.
+PLAIN_PATH_PATTERNS = {
+    "FROM": re.compile(rb'FROM:<([^\x00-\x1f\x7f"<>]*)>', re.I),
+    "TO": re.compile(rb'TO:<([^\x00-\x1f\x7f"<>]*)>', re.I),
+}
 
 
 def _find_path_end(arg: bytes, start: int) -> int:

@@ -37,6 +37,7 @@ from slimta.logging import getSocketLogger
 from slimta.smtp import ConnectionLost, MessageTooBig
 from slimta.smtp._server_core import (
     MAX_AUTH_LINE_BYTES,
+    PLAIN_PATH_PATTERNS,
     BadDataError,
     DataDecoder,
     LineError,
@@ -235,14 +236,19 @@ class Server:
 
     def _send(self, reply: Reply) -> None:
         io = self.io
-        reply.send(io)
-        if reply.code in _CLOSE_CODES:
+        code = reply.code
+        if code in _CLOSE_CODES:
+            reply.send(io)  # flushed, and then CLOSE run, by _handle
             raise _Close()
-        if not self.input.buffer:
+        if self.input.buffer or reply.newline_first:
+            # Replies to pipelined commands go out together, once the last is read.
+            reply.send(io)
+        elif io.send_buffer:
+            reply.send(io, flush=True)
+        else:
             # No pipelined command waits, so the client waits for this reply:
-            # it goes now, before the bookkeeping that follows it. Replies to
-            # pipelined commands are still sent together, once the last is read.
-            io.flush_send()
+            # it goes now, in one write, before the bookkeeping that follows it.
+            io.raw_send(reply.to_wire())
 
     def _error(self, reply: Reply) -> None:
         """Answer a protocol error; too many of them end the session."""
@@ -278,7 +284,16 @@ class Server:
                     if error is not None:
                         self._error(error)
                     elif verb:
-                        self._handle_command(verb, arg)
+                        # Looked up on the object each time, so that a subclass's
+                        # method, or one patched on later, is the one called.
+                        name = _COMMAND_NAMES.get(verb)
+                        if name is None:  # not one of ours: never cached (clients choose it)
+                            name = "_command_" + verb.decode("ascii")
+                        method = getattr(self, name, None)
+                        if method is not None:
+                            method(arg)
+                        else:
+                            self._command_custom(verb.decode("ascii"), arg)
                     else:
                         self._error(unknown_command)
                 except _Close:
@@ -317,18 +332,6 @@ class Server:
             self.io.flush_send()
         except (ConnectionLost, OSError):
             pass
-
-    def _handle_command(self, verb: bytes, arg: bytes | None) -> None:
-        # Looked up on the object each time, so that a subclass's method, or
-        # one patched onto the class or the instance later, is the one called.
-        name = _COMMAND_NAMES.get(verb)
-        if name is None:  # not a verb of this module: never cached (clients choose it)
-            name = "_command_" + verb.decode("ascii")
-        method = getattr(self, name, None)
-        if method is not None:
-            method(arg)
-        else:
-            self._command_custom(verb.decode("ascii"), arg)
 
     def _encrypt_session(self) -> bool:
         try:
@@ -468,6 +471,9 @@ class Server:
         self, arg: bytes | None, keyword: str
     ) -> tuple[str, dict[bytes, bytes | bool]] | None:
         try:
+            plain = PLAIN_PATH_PATTERNS[keyword].fullmatch(arg) if arg else None
+            if plain is not None:  # the usual line: no parameters, no quoting
+                return plain.group(1).decode("utf-8"), {}
             address, rest = parse_path_argument(arg, keyword)  # type: ignore[arg-type]
             params = gather_params(rest) if rest else {}
         except (ValueError, UnicodeDecodeError):

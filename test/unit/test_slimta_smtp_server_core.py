@@ -8,6 +8,7 @@ from support.smuggling import SMUGGLED, SMUGGLING_VARIANTS
 from slimta.smtp import MessageTooBig
 from slimta.smtp._server_core import (
     MAX_COMMAND_LINE_BYTES,
+    PLAIN_PATH_PATTERNS,
     BadDataError,
     Command,
     DataDecoder,
@@ -405,3 +406,55 @@ def test_data_read_whole_or_in_any_pieces_is_the_same(
         except BadDataError:
             got = BadDataError
         assert got == expected
+
+
+# -- the plain-path shortcut agrees with parse_path_argument -------------------------
+
+_PATH_BYTES = st.sampled_from(
+    [b"FROM:", b"from:", b"TO:", b"<", b">", b"a", b"@", b".", b" ", b"\t", b'"', b"\\",
+     b"\x01", b"\x7f", b"\xc3\xa9", b"\xff", b"SIZE=1", b"="]
+)
+
+
+# Mostly "KEYWORD:<...>" shapes, so that many examples match a pattern.
+_PATH_ARGS = st.tuples(
+    st.sampled_from([b"FROM:<", b"from:<", b"TO:<", b"FROM: <", b"", b"FROM:"]),
+    st.lists(_PATH_BYTES, max_size=6).map(b"".join),
+    st.sampled_from([b">", b"", b"> ", b">x", b"> SIZE=1"]),
+).map(b"".join)
+
+
+@settings(max_examples=600, deadline=None)
+@given(arg=_PATH_ARGS, keyword=st.sampled_from(["FROM", "TO"]))
+def test_plain_path_patterns_agree_with_parse_path_argument(arg: bytes, keyword: str) -> None:
+    match = PLAIN_PATH_PATTERNS[keyword].fullmatch(arg)
+    if match is None:
+        return
+    try:
+        expected: object = parse_path_argument(arg, keyword)  # type: ignore[arg-type]
+    except ValueError as exc:
+        expected = type(exc)
+    try:
+        got: object = (match.group(1).decode("utf-8"), b"")
+    except ValueError as exc:
+        got = type(exc)
+    assert got == expected
+
+
+@pytest.mark.parametrize(
+    ("keyword", "arg", "plain"),
+    [
+        ("FROM", b"FROM:<a@b.test>", True),
+        ("FROM", b"from:<>", True),
+        ("TO", b"TO:<\xc3\xa9@b.test>", True),
+        ("FROM", b"FROM: <a@b.test>", False),  # a space before the path
+        ("FROM", b"FROM:<a@b.test> SIZE=1", False),  # parameters
+        ("TO", b'TO:<"a b"@c>', False),  # a quoted string
+        ("TO", b"TO:<a\x01@c>", False),  # a control character
+        ("TO", b"FROM:<a@c>", False),
+    ],
+)
+def test_plain_path_patterns_take_only_the_plain_line(
+    keyword: str, arg: bytes, plain: bool
+) -> None:
+    assert (PLAIN_PATH_PATTERNS[keyword].fullmatch(arg) is not None) is plain
