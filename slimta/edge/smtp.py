@@ -225,7 +225,8 @@ class SmtpSession:
             self.envelope = None
             return
         envelope, self.envelope = self.envelope, None
-        self._finish_ptr_lookup()
+        if self._ptr_lookup is not None:
+            self._finish_ptr_lookup()
         envelope.client["ip"] = self.address[0] if self.address else None
         envelope.client["host"] = self.reverse_address
         envelope.client["name"] = self.ehlo_as
@@ -237,9 +238,13 @@ class SmtpSession:
         results = self.handoff(envelope)
         # One failed envelope (of a split) fails the whole message: a retry may
         # duplicate what was stored, a 250 would lose what was not.
-        outcomes = [result for _, result in results] or [QueueError("Nothing was queued")]
-        failed = [r for r in outcomes if isinstance(r, (QueueError, RelayError))]
-        first = failed[0] if failed else outcomes[0]
+        first: Any = None
+        for _, result in results:
+            if isinstance(result, (QueueError, RelayError)):
+                first = result
+                break
+        if first is None:
+            first = results[0][1] if results else QueueError("Nothing was queued")
         if isinstance(first, QueueError):
             reply.copy(getattr(first, "reply", None) or Reply("451", "4.3.0 Error queuing message"))
         elif isinstance(first, RelayError):
