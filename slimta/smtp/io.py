@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import gevent.socket
 import gevent.ssl
-from gevent import get_hub, monkey
+from gevent import Timeout, get_hub, monkey
 
 from slimta.logging import getSocketLogger
 from slimta.smtp import BadReply, ConnectionLost
@@ -64,6 +64,10 @@ def _readable_now(fileno: int) -> bool:
     return bool(readable)
 
 
+class _SendStalled(Exception):
+    """A write waited longer than :attr:`IO.send_timeout` (only this IO's own timer raises it)."""
+
+
 class IO:
     """The buffered socket layer used by :class:`~slimta.smtp.client.Client`.
 
@@ -75,6 +79,11 @@ class IO:
         self.socket = socket
         #: Queued bytes, written in one ``sendall`` by :meth:`flush_send`.
         self.send_buffer = bytearray()
+        #: Seconds a write may wait for the peer to take data before
+        #: :class:`~slimta.smtp.ConnectionLost` is raised; ``None`` waits as
+        #: long as the socket does. The server sets its command timeout here, so
+        #: that a client that stops reading cannot hold a session open.
+        self.send_timeout: float | None = None
         #: The reply parser; its ``buffer`` is the bytearray receive buffer.
         self.parser = ReplyParser()
         self._address = address
@@ -161,11 +170,32 @@ class IO:
             # One send() is one syscall; gevent's sendall() asks the kernel for the
             # send buffer size (getsockopt) before every write. Only what the first
             # send() left over goes through sendall().
-            sent = sock.send(data)
+            if self.send_timeout is None:
+                sent = sock.send(data)
+            elif type(sock) is gevent.socket.socket:
+                try:
+                    sent = sock.send(data, 0, 0.0)  # gevent's timeout argument: never wait
+                except BlockingIOError:
+                    sent = 0
+            else:
+                sent = 0  # all of it under the time bound
             if sent < len(data):
-                sock.sendall(memoryview(data)[sent:])
+                self._send_rest(memoryview(data)[sent:])
         except ConnectionError:
             raise ConnectionLost()
+
+    def _send_rest(self, rest: memoryview) -> None:
+        # What the first send() left: the peer is slow to read, so this may wait.
+        timeout = self.send_timeout
+        if timeout is None:
+            self.socket.sendall(rest)
+            return
+        try:
+            with Timeout(timeout, _SendStalled):
+                self.socket.sendall(rest)
+        except _SendStalled:
+            self._eof = True
+            raise ConnectionLost() from None
 
     def buffered_send(self, data: bytes | bytearray | memoryview) -> None:
         """Queue ``data``. Large writes go out at once, after what was queued."""

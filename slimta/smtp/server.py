@@ -187,6 +187,9 @@ class Server:
             self.extensions.add("AUTH", session)  # type: ignore[arg-type]
 
         self.command_timeout = command_timeout or DEFAULT_COMMAND_TIMEOUT
+        # A client that stops reading our replies gets as long as one that stops
+        # sending commands.
+        self.io.send_timeout = self.command_timeout
         self.data_timeout = data_timeout or command_timeout or DEFAULT_DATA_TIMEOUT
 
     @property

@@ -11,7 +11,7 @@ import pytest
 import support.smtp_edge
 from gevent.event import Event
 from support.envelopes import record_splits
-from support.smtp_edge import PASSWORD, USER, EdgeUnderTest
+from support.smtp_edge import PASSWORD, USER, EdgeUnderTest, UserPassValidators, cooperative_wait
 from support.smtp_wire import Wire, connect
 from support.util import GUARD_SECONDS
 
@@ -311,6 +311,37 @@ def test_command_timeout(smtp_edge: Any) -> None:
     try:
         assert wire.reply()[0] == "220"
         assert wire.rest() == b"\r\n421 4.4.2 Connection timed out\r\n"
+    finally:
+        wire.close()
+
+
+class BigNoopReplies(UserPassValidators):
+    """NOOP answers with 64 KiB of text, so that a few replies fill the socket buffers."""
+
+    def handle_noop(self, reply: Reply) -> None:
+        reply.message = "2.0.0 " + "n" * 65536
+
+
+@pytest.mark.parametrize("pipelined", [True, False])
+def test_a_client_that_stops_reading_is_dropped_at_the_command_timeout(
+    smtp_edge: Any, pipelined: bool
+) -> None:
+    # The replies cannot all be written: the server's write waits for a client
+    # that never reads, and that wait is bounded like the wait for a command.
+    e = smtp_edge(command_timeout=0.3, validator_class=BigNoopReplies)
+    wire = connect(e.address)
+    try:
+        assert wire.reply()[0] == "220"
+        if pipelined:
+            wire.send(b"NOOP\r\n" * 400)  # 25 MiB of replies
+        else:
+            # One command per write, each read on its own: every reply is
+            # written as soon as its command is handled.
+            for _ in range(400):
+                wire.send(b"NOOP\r\n")
+                gevent.sleep(0)
+        cooperative_wait(lambda: e.edge.sessions == 0, "the stalled session to end",
+                         timeout=GUARD_SECONDS)
     finally:
         wire.close()
 

@@ -106,6 +106,65 @@ def test_large_buffered_send_is_not_copied_into_buffer(pair: tuple[IO, Peer]) ->
     assert not io.send_buffer
 
 
+# -- a peer that stops reading ---------------------------------------------------
+
+STALL_BYTES = 16 * 2**20  # more than any socket pair's buffers hold
+
+
+def test_send_to_a_peer_that_stops_reading_ends_at_send_timeout(pair: tuple[IO, Peer]) -> None:
+    io, peer = pair
+    io.send_timeout = 0.05
+    with gevent.Timeout(GUARD_SECONDS):
+        with pytest.raises(ConnectionLost):
+            io.raw_send(b"x" * STALL_BYTES)
+
+
+def test_a_timed_out_send_is_not_retried_on_a_later_read(pair: tuple[IO, Peer]) -> None:
+    io, peer = pair
+    io.send_timeout = 0.05
+    with gevent.Timeout(GUARD_SECONDS), pytest.raises(ConnectionLost):
+        io.raw_send(b"x" * STALL_BYTES)
+    peer.send(b"250 late\r\n")
+    with pytest.raises(ConnectionLost):  # the connection is given up, not resumed
+        io.recv_reply()
+
+
+def test_send_that_fits_never_waits_under_a_send_timeout(pair: tuple[IO, Peer]) -> None:
+    io, peer = pair
+    io.send_timeout = 0.05
+    io.raw_send(b"250 ok\r\n")
+    peer.expect(b"250 ok\r\n")
+
+
+def test_slow_reader_within_send_timeout_gets_everything(pair: tuple[IO, Peer]) -> None:
+    io, peer = pair
+    io.send_timeout = GUARD_SECONDS
+    big = bytes(range(256)) * 8192  # 2 MiB: more than the buffers, less than the bound
+    reader = gevent.spawn(peer.read_exactly, len(big))
+    io.raw_send(big)
+    assert reader.get(timeout=GUARD_SECONDS) == big
+
+
+def test_without_send_timeout_a_send_waits_for_the_peer(pair: tuple[IO, Peer]) -> None:
+    io, peer = pair
+    assert io.send_timeout is None  # the client side's default: its stages bound it
+    writer = gevent.spawn(io.raw_send, b"x" * STALL_BYTES)
+    with pytest.raises(gevent.Timeout):
+        writer.get(timeout=0.05)
+    writer.kill()
+
+
+def test_send_timeout_on_tls_ends_a_stalled_write(pair: tuple[IO, Peer], tls_cert: TlsCert) -> None:
+    io, peer = pair
+    server = gevent.spawn(serve_tls_and_stall, peer, tls_cert.server_context())
+    with gevent.Timeout(GUARD_SECONDS):
+        io.encrypt_client(plain_client_context(tls_cert))
+    io.send_timeout = 0.05
+    with gevent.Timeout(GUARD_SECONDS), pytest.raises(ConnectionLost):
+        io.raw_send(b"x" * STALL_BYTES)
+    server.kill()
+
+
 def test_send_command_refuses_line_breaks(pair: tuple[IO, Peer]) -> None:
     io, _ = pair
     with pytest.raises(ValueError):
@@ -187,6 +246,11 @@ def serve_tls(peer: Peer, context: ssl.SSLContext) -> bytes:
     line = peer.read_line()
     peer.send(b"250 over tls\r\n")
     return line
+
+
+def serve_tls_and_stall(peer: Peer, context: ssl.SSLContext) -> None:
+    peer.start_tls(context)
+    gevent.sleep(GUARD_SECONDS)  # a peer that stops reading (killed by the test)
 
 
 def test_encrypt_with_plain_context(pair: tuple[IO, Peer], tls_cert: TlsCert) -> None:
