@@ -110,8 +110,6 @@ class SmtpSession:
         self.auth: tuple[str, str] | None = None
         self._ptr_lookup: PtrLookup | None = None
 
-    # The hooks a message passes through check ``self.validators`` before calling
-    # this, to save a call per command when there are none.
     def _call_validator(self, command: str, *args: Any) -> None:
         validators = self.validators
         if validators is None:
@@ -147,16 +145,14 @@ class SmtpSession:
         self._call_validator("banner", reply, self.address)
 
     def EHLO(self, reply: Reply, ehlo_as: str) -> None:  # noqa: N802
-        if self.validators is not None:
-            self._call_validator("ehlo", reply, ehlo_as)
+        self._call_validator("ehlo", reply, ehlo_as)
         self.extended_smtp = True
         if reply.code == "250":
             self.ehlo_as = ehlo_as
             self.envelope = None
 
     def HELO(self, reply: Reply, helo_as: str) -> None:  # noqa: N802
-        if self.validators is not None:
-            self._call_validator("helo", reply, helo_as)
+        self._call_validator("helo", reply, helo_as)
         if reply.code == "250":
             self.ehlo_as = helo_as
             self.envelope = None
@@ -185,13 +181,11 @@ class SmtpSession:
         self._call_validator("noop", reply)
 
     def QUIT(self, reply: Reply) -> None:  # noqa: N802
-        if self.validators is not None:
-            self._call_validator("quit", reply)
+        self._call_validator("quit", reply)
 
     def CLOSE(self) -> None:  # noqa: N802
         self._stop_ptr_lookup()
-        if self.validators is not None:
-            self._call_validator("close")
+        self._call_validator("close")
 
     def _stop_ptr_lookup(self) -> None:
         lookup, self._ptr_lookup = self._ptr_lookup, None
@@ -199,34 +193,29 @@ class SmtpSession:
             lookup.kill(block=False)
 
     def MAIL(self, reply: Reply, address: str, params: dict[bytes, Any]) -> None:  # noqa: N802
-        if self.validators is not None:
-            self._call_validator("mail", reply, address, params)
+        self._call_validator("mail", reply, address, params)
         if reply.code == "250":
             self.envelope = Envelope(sender=address)
 
     def RCPT(self, reply: Reply, address: str, params: dict[bytes, Any]) -> None:  # noqa: N802
-        if self.validators is not None:
-            self._call_validator("rcpt", reply, address, params)
+        self._call_validator("rcpt", reply, address, params)
         if reply.code == "250" and self.envelope is not None:
             self.envelope.recipients.append(address)
 
     def DATA(self, reply: Reply) -> None:  # noqa: N802
-        if self.validators is not None:
-            self._call_validator("data", reply)
+        self._call_validator("data", reply)
 
     def HAVE_DATA(self, reply: Reply, data: bytes | None, err: Exception | None) -> None:  # noqa: N802
         if err is not None:
             # The server has set the reply (552 too big, 550 bare newline).
             self.envelope = None
             return
-        if self.validators is not None:
-            self._call_validator("have_data", reply, data)
+        self._call_validator("have_data", reply, data)
         if reply.code != "250" or self.envelope is None or data is None:
             self.envelope = None
             return
         envelope, self.envelope = self.envelope, None
-        if self._ptr_lookup is not None:
-            self._finish_ptr_lookup()
+        self._finish_ptr_lookup()
         envelope.client["ip"] = self.address[0] if self.address else None
         envelope.client["host"] = self.reverse_address
         envelope.client["name"] = self.ehlo_as
@@ -251,8 +240,7 @@ class SmtpSession:
             reply.copy(first.reply)
         else:
             reply.message = "2.6.0 Message accepted for delivery"
-        if self.validators is not None:
-            self._call_validator("queued", reply, results)
+        self._call_validator("queued", reply, results)
 
 
 class SmtpEdge(EdgeServer):
